@@ -1,0 +1,15 @@
+"""Exceptions the CLI turns into one line on stderr and a chosen exit code.
+
+Library code raises ValueError / TypeError / FileNotFoundError for bad input, as
+scikit-learn does; the two classes here exist only where the exit code must differ.
+"""
+
+
+class TargetUnreachable(ValueError):
+    """The requested accuracy or budget cannot be met; the CLI exits with code 3."""
+
+    exit_code = 3
+
+
+class UnsafeCheckpointError(ValueError):
+    """Loading would unpickle arbitrary objects and the user did not opt in."""
