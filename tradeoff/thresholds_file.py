@@ -1,0 +1,218 @@
+"""Reading and validating a `thresholds.json`: the one place that does it.
+
+`tradeoff search` writes the file (through `tradeoff.report`); `tradeoff run` and
+anything else that applies chosen thresholds to a model reads it here, so a file made
+for another model, another cache or another confidence measure is caught once, with a
+message that says which. NumPy and the standard library only.
+
+The file (DESIGN.md, issue 3): `{"thresholds": [t_1..t_{K-1}], "confidence": "maxprob",
+"ensemble": false, "calibration": null | {"temperatures": [T_1..T_K]}, "cache",
+"cache_sha256", "num_exits", "arch", "checkpoint_sha256", "pick", "val": {...},
+"test": {...}}`. The four keys that decide where a sample leaves (`thresholds`,
+`confidence`, `ensemble`, `calibration`) are required; the provenance keys are checked
+when present and when the caller has something to check them against.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tradeoff.policy import CONFIDENCE_MEASURES
+
+REQUIRED_KEYS = ("thresholds", "confidence", "ensemble", "calibration")
+
+
+@dataclass(frozen=True)
+class ThresholdsFile:
+    """A validated thresholds file.
+
+    Attributes:
+        path: where it was read from.
+        thresholds: (K-1,) float64 in [0, 1], exits shallow -> deep (the deepest needs none).
+        confidence: one of `policy.CONFIDENCE_MEASURES`.
+        ensemble: whether exit k answers with the mean softmax of exits 1..k.
+        temperatures: (K,) float64 > 0 per-exit calibration temperatures, or None.
+        num_exits: K (from the file, or len(thresholds) + 1 when the file omits it).
+        cache: path of the cache the thresholds were searched on, or None.
+        cache_sha256: that cache's sha256, or None.
+        arch: model name recorded in the cache, or None.
+        checkpoint_sha256: sha256 of the checkpoint the cache was built from, or None.
+        pick: how the point was chosen (e.g. {"target_acc": 0.97}), or None.
+        val: the chosen point's figures on the validation split (dict, may be empty).
+        test: the same on the test split (dict, may be empty).
+    """
+
+    path: Path
+    thresholds: np.ndarray
+    confidence: str
+    ensemble: bool
+    temperatures: np.ndarray | None
+    num_exits: int
+    cache: str | None
+    cache_sha256: str | None
+    arch: str | None
+    checkpoint_sha256: str | None
+    pick: object
+    val: dict
+    test: dict
+
+
+def load_thresholds(
+    path: str | os.PathLike,
+    *,
+    cache_sha256: str | None = None,
+    num_exits: int | None = None,
+    confidence: str | None = None,
+    checkpoint_sha256: str | None = None,
+) -> ThresholdsFile:
+    """Read `path` and check it against what the caller is about to apply it to.
+
+    Args:
+        path: a `thresholds.json` written by `tradeoff search`.
+        cache_sha256: if given, the file's `cache_sha256` must equal it.
+        num_exits: if given (the model's K), the file must hold K-1 thresholds (and K
+            temperatures, and `num_exits` = K when it records one).
+        confidence: if given, the file's confidence measure must equal it.
+        checkpoint_sha256: if given (the checkpoint about to run), the file's
+            `checkpoint_sha256` must equal it when the file records one.
+
+    Returns:
+        The validated `ThresholdsFile`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: malformed JSON, a missing key, a bad value, or a mismatch; one line
+            naming the file, what was expected, what arrived and the fix.
+    """
+    path = Path(path)
+    where = f"thresholds file {path}"
+    if not path.exists():
+        raise FileNotFoundError(f"{where} does not exist; run `tradeoff search` first, it writes results/<run>/thresholds.json")
+    if path.is_dir():
+        raise ValueError(f"{where} is a directory; pass the thresholds.json inside it")
+    try:
+        text = path.read_text(encoding="utf-8")
+        doc = json.loads(text)
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not a text JSON file; pass the thresholds.json written by `tradeoff search`") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "it may be truncated - rerun `tradeoff search` to rewrite it"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where} must hold a JSON object; got a JSON {type(doc).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in doc]
+    if missing:
+        raise ValueError(
+            f"{where} lacks the key(s) {', '.join(missing)} (required: {', '.join(REQUIRED_KEYS)}); "
+            "is it a thresholds.json written by `tradeoff search`?"
+        )
+
+    thresholds = _thresholds(doc["thresholds"], where)
+    measure = doc["confidence"]
+    if measure not in CONFIDENCE_MEASURES:
+        raise ValueError(f"{where}: confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {measure!r}")
+    if not isinstance(doc["ensemble"], bool):
+        raise ValueError(f"{where}: ensemble must be true or false; got {doc['ensemble']!r}")
+    file_k = doc.get("num_exits")
+    if file_k is not None and (isinstance(file_k, bool) or not isinstance(file_k, int) or file_k < 2):
+        raise ValueError(f"{where}: num_exits must be an integer >= 2; got {file_k!r}")
+    if file_k is not None and file_k != thresholds.size + 1:
+        raise ValueError(
+            f"{where} is inconsistent: num_exits = {file_k} needs {file_k - 1} thresholds but it holds "
+            f"{thresholds.size}; rerun `tradeoff search`"
+        )
+    K = thresholds.size + 1
+    temperatures = _temperatures(doc["calibration"], K, where)
+
+    if num_exits is not None and num_exits != K:
+        raise ValueError(
+            f"{where} holds {K - 1} thresholds (a {K}-exit model) but the model has {num_exits} exits, "
+            f"so it needs {num_exits - 1}; it was made for another model - search thresholds on this model's cache"
+        )
+    if confidence is not None and confidence != measure:
+        raise ValueError(
+            f"{where} was searched with confidence {measure!r}, not {confidence!r}; "
+            f"use --confidence {measure} or search again with --confidence {confidence}"
+        )
+    file_cache_sha = _optional_str(doc, "cache_sha256", where)
+    if cache_sha256 is not None and file_cache_sha is not None and file_cache_sha != cache_sha256:
+        raise ValueError(
+            f"{where} was searched on another cache: its cache_sha256 is {file_cache_sha[:12]}... but the "
+            f"given cache's is {cache_sha256[:12]}...; pass the cache it came from ({doc.get('cache')}) "
+            "or search again on this one"
+        )
+    file_ckpt_sha = _optional_str(doc, "checkpoint_sha256", where)
+    if checkpoint_sha256 is not None and file_ckpt_sha is not None and file_ckpt_sha != checkpoint_sha256:
+        raise ValueError(
+            f"{where} was searched for another model: its checkpoint_sha256 is {file_ckpt_sha[:12]}... but the "
+            f"checkpoint's is {checkpoint_sha256[:12]}... (arch {doc.get('arch')!r}); pass the checkpoint the "
+            "cache was built from, or cache and search this one"
+        )
+    for split in ("val", "test"):
+        if not isinstance(doc.get(split, {}), dict):
+            raise ValueError(f"{where}: {split} must be a JSON object of figures; got {doc[split]!r}")
+    return ThresholdsFile(
+        path=path,
+        thresholds=thresholds,
+        confidence=measure,
+        ensemble=doc["ensemble"],
+        temperatures=temperatures,
+        num_exits=K,
+        cache=_optional_str(doc, "cache", where),
+        cache_sha256=file_cache_sha,
+        arch=_optional_str(doc, "arch", where),
+        checkpoint_sha256=file_ckpt_sha,
+        pick=doc.get("pick"),
+        val=dict(doc.get("val") or {}),
+        test=dict(doc.get("test") or {}),
+    )
+
+
+def _thresholds(value, where: str) -> np.ndarray:
+    """(K-1,) float64 in [0, 1] from the file's list."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"{where}: thresholds must be a non-empty list of numbers, one per exit but the deepest; got {value!r}"
+        )
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise ValueError(f"{where}: thresholds must be numbers; got {bad[0]!r} in {value}")
+    out = np.asarray(value, dtype=np.float64)
+    outside = [float(v) for v in out if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+    if outside:
+        raise ValueError(
+            f"{where}: thresholds must lie in [0, 1] (they are confidences); got {outside[0]!r} in {value}"
+        )
+    return out
+
+
+def _temperatures(calibration, K: int, where: str) -> np.ndarray | None:
+    """(K,) positive temperatures from `calibration`, or None when it is null."""
+    if calibration is None:
+        return None
+    if not isinstance(calibration, dict) or "temperatures" not in calibration:
+        raise ValueError(f"{where}: calibration must be null or {{\"temperatures\": [...]}}; got {calibration!r}")
+    temps = calibration["temperatures"]
+    if (
+        not isinstance(temps, list)
+        or len(temps) != K
+        or any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in temps)
+        or not all(math.isfinite(t) and t > 0 for t in temps)
+    ):
+        raise ValueError(f"{where}: calibration.temperatures must be {K} positive numbers, one per exit; got {temps!r}")
+    return np.asarray(temps, dtype=np.float64)
+
+
+def _optional_str(doc: dict, key: str, where: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{where}: {key} must be a string or null; got {value!r}")
+    return value
