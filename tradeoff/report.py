@@ -1,0 +1,498 @@
+"""Search results as files and tables: `thresholds.json`, `pareto.csv`, `summary.json`.
+
+Like fvcore's `flop_count_table`, this module only turns results into text; it computes
+nothing. Two promises hold for the files of one run directory:
+
+* Determinism: `pareto.csv` and `thresholds.json` hold no timing, no date and no
+  absolute path the caller did not give, and every float is written with `repr` (the
+  shortest string that reads back to the same double), so the same cache, settings and
+  seed give byte-identical files. Timings live in `summary.json` only.
+* Whole runs: a run is written into a temporary sibling directory and swapped into place
+  under an exclusive `fcntl.flock` on `<out>.lock`, so a reader holding the shared lock
+  sees the old complete run or the new complete one, never a mix (see `write_run`).
+
+`format_table` is the project's one terminal-table formatter; every command's summary
+uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from tradeoff import __version__
+from tradeoff.fileio import write_json_atomic, write_text_atomic
+
+THRESHOLDS_FILE = "thresholds.json"
+PARETO_FILE = "pareto.csv"
+SUMMARY_FILE = "summary.json"
+THRESHOLDS_FORMAT = "tradeoff-thresholds"
+THRESHOLDS_VERSION = 1
+
+
+# --------------------------------------------------------------------------- tables
+def format_table(
+    rows: Iterable[Sequence],
+    headers: Sequence[str],
+    *,
+    title: str | None = None,
+    float_format: str = "{:.4g}",
+) -> str:
+    """A plain monospace table: strings left-aligned, numbers right-aligned.
+
+    Args:
+        rows: each a sequence of cells (str, int, float or None) as long as `headers`.
+        headers: column names.
+        title: optional line printed above the table.
+        float_format: how floats are shown (ints are shown in full; None as "-").
+
+    Returns:
+        The table as one string without a trailing newline.
+
+    Raises:
+        ValueError: if a row's length differs from the number of headers.
+    """
+    headers = [str(h) for h in headers]
+    cells: list[list[str]] = []
+    numeric: list[list[bool]] = []
+    for i, row in enumerate(rows):
+        row = list(row)
+        if len(row) != len(headers):
+            raise ValueError(f"format_table: row {i} has {len(row)} cells; expected {len(headers)} (one per header)")
+        cells.append([_cell(value, float_format) for value in row])
+        numeric.append([_is_number(value) for value in row])
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    # A column whose every cell is a number is right-aligned, header included.
+    right = [bool(cells) and all(numeric[r][j] or cells[r][j] == "-" for r in range(len(cells))) for j in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
+        return "  ".join(parts).rstrip()
+
+    out = [title] if title else []
+    out.append(line(headers))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) or _is_numpy_number(value)
+
+
+def _is_numpy_number(value) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iuf"
+
+
+def _cell(value, float_format: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if _is_numpy_number(value):
+        value = value.item()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return float_format.format(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- documents
+def _floats(values) -> list[float]:
+    return [float(v) for v in values]
+
+
+def _figures(point, *, with_ci: tuple[float, float] | None = None) -> dict:
+    doc = {
+        "accuracy": float(point.accuracy),
+        "flops": float(point.flops),
+        "speedup": float(point.speedup),
+        "speedup_vs_all_exits": float(point.speedup_all_exits),
+        "exit_fractions": _floats(point.exit_fractions),
+    }
+    if with_ci is not None:
+        doc["accuracy_ci95"] = _floats(with_ci)
+    return doc
+
+
+def thresholds_document(result) -> dict:
+    """The chosen point as `thresholds.json` (what `tradeoff run` loads).
+
+    The issue's schema (thresholds, confidence, ensemble, calibration, cache,
+    cache_sha256, val, test with accuracy_ci95) plus what the runtime needs to check it
+    is applied to the right model (num_exits, exit_names, arch, checkpoint_sha256,
+    num_classes) and how the point was picked. No timings: byte-identical across runs.
+    """
+    chosen = result.chosen
+    meta = result.cache_meta
+    return {
+        "format": THRESHOLDS_FORMAT,
+        "version": THRESHOLDS_VERSION,
+        "thresholds": _floats(chosen.thresholds),
+        "confidence": result.settings.confidence,
+        "ensemble": bool(result.settings.ensemble),
+        "calibration": None if result.temperatures is None else {"temperatures": _floats(result.temperatures)},
+        "cache": result.cache_path,
+        "cache_sha256": result.cache_sha256,
+        "num_exits": result.num_exits,
+        "exit_names": list(result.exit_names),
+        "exit_flops": _floats(result.flops),
+        "baseline_flops": float(result.baseline_flops),
+        "num_classes": meta.get("num_classes"),
+        "arch": meta.get("arch"),
+        "checkpoint_sha256": meta.get("checkpoint_sha256"),
+        "method": chosen.method,
+        "pick": result.settings.pick.as_dict(),
+        "seed": result.settings.seed,
+        "val": _figures(chosen.val),
+        "test": _figures(chosen.test, with_ci=chosen.test_accuracy_ci95),
+    }
+
+
+def pareto_csv(result, method: str = "nsga") -> str:
+    """One row per point of `method`'s front (sorted by val cost), as CSV text.
+
+    Columns: t1..t{K-1}, val_accuracy, test_accuracy, flops (val, fvcore count), mflops,
+    speedup (vs the original network), test_flops, then the val exit fraction of every
+    exit (`val_frac_<exit name>`). Floats are written with `repr`, so the bytes depend on
+    the values only.
+    """
+    front = result.front(method)
+    K = result.num_exits
+    headers = [f"t{k + 1}" for k in range(K - 1)]
+    headers += ["val_accuracy", "test_accuracy", "flops", "mflops", "speedup", "test_flops"]
+    headers += [f"val_frac_{_csv_name(name)}" for name in result.exit_names]
+    lines = [",".join(headers)]
+    for i in range(front.size):
+        flops = float(front.val.flops[i])
+        values = list(front.thresholds[i]) + [
+            front.val.accuracy[i],
+            front.test.accuracy[i],
+            flops,
+            flops / 1e6,
+            result.baseline_flops / flops,
+            front.test.flops[i],
+        ]
+        values += list(front.val.exit_fractions[i])
+        lines.append(",".join(repr(float(v)) for v in values))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in name)
+
+
+def summary_document(result) -> dict:
+    """Everything else about the run: settings, timings, every method's front and
+    hypervolume, each exit alone, the cache's provenance. `tradeoff plot` redraws the
+    pictures from this file plus the other two, so whatever the plots show is here.
+    """
+    s = result.settings
+    meta = result.cache_meta
+    fronts = {}
+    for front in result.fronts:
+        fronts[front.method] = {
+            "size": front.size,
+            "hypervolume": float(front.hypervolume),
+            "evaluations": int(front.evaluations),
+            "seconds": float(front.seconds),
+            "thresholds": [_floats(row) for row in front.thresholds],
+            "val_accuracy": _floats(front.val.accuracy),
+            "val_flops": _floats(front.val.flops),
+            "test_accuracy": _floats(front.test.accuracy),
+            "test_flops": _floats(front.test.flops),
+        }
+    return {
+        "format": "tradeoff-summary",
+        "version": 1,
+        "tool_version": __version__,
+        "settings": {
+            "method": s.method,
+            "confidence": s.confidence,
+            "ensemble": bool(s.ensemble),
+            "calibrate": bool(s.calibrate),
+            "pop": s.pop,
+            "gens": s.gens,
+            "seed": s.seed,
+            "restarts": s.restarts,
+            "jobs": s.jobs,
+            "bootstrap": s.bootstrap,
+            "pick": s.pick.as_dict(),
+        },
+        "seed": s.seed,
+        "timings_seconds": {k: float(v) for k, v in result.timings.items()},
+        "cache": {
+            "path": result.cache_path,
+            "sha256": result.cache_sha256,
+            "split_sizes": dict(result.split_sizes),
+            "num_exits": result.num_exits,
+            "num_classes": meta.get("num_classes"),
+            "exit_names": list(result.exit_names),
+            "flops": _floats(result.flops),
+            "baseline_flops": float(result.baseline_flops),
+            "meta": {k: meta[k] for k in sorted(meta) if k in _META_SUMMARY_KEYS},
+        },
+        "calibration": None if result.temperatures is None else {"temperatures": _floats(result.temperatures)},
+        "hypervolume": {front.method: float(front.hypervolume) for front in result.fronts},
+        "hypervolume_reference": result.hypervolume_reference,
+        "front_sizes": {front.method: front.size for front in result.fronts},
+        "exits": [
+            {
+                "name": e.name,
+                "flops": float(e.flops),
+                "speedup": float(e.speedup),
+                "val_accuracy": float(e.val_accuracy),
+                "test_accuracy": float(e.test_accuracy),
+            }
+            for e in result.exits
+        ],
+        "chosen": {
+            "method": result.chosen.method,
+            "index": result.chosen.index,
+            "thresholds": _floats(result.chosen.thresholds),
+            "val": _figures(result.chosen.val),
+            "test": _figures(result.chosen.test, with_ci=result.chosen.test_accuracy_ci95),
+        },
+        "fronts": fronts,
+    }
+
+
+_META_SUMMARY_KEYS = (
+    "arch",
+    "arch_kwargs",
+    "checkpoint_sha256",
+    "created",
+    "data",
+    "data_fingerprint",
+    "flop_counter",
+    "flop_counter_version",
+    "num_classes",
+    "params_per_exit",
+    "schema",
+    "tool_version",
+)
+
+
+# --------------------------------------------------------------------------- terminal
+def summary_text(result) -> str:
+    """The terminal summary of a search: the chosen point on val and test, each exit
+    alone, every method's front, and where the time went."""
+    chosen = result.chosen
+    K = result.num_exits
+    names = list(result.exit_names)
+    pick = result.settings.pick
+    lo, hi = chosen.test_accuracy_ci95
+    head = [
+        f"cache {result.cache_path or '(in memory)'}: {result.num_exits} exits, "
+        f"val {result.split_sizes.get('val', 0)} / test {result.split_sizes.get('test', 0)} samples, "
+        f"original network {result.baseline_flops / 1e6:.4g} MFLOPs",
+        f"picked on val by {chosen.method}: {pick.describe()}",
+        "thresholds  " + "  ".join(f"{names[k]} >= {t:.4f}" for k, t in enumerate(chosen.thresholds)),
+    ]
+    rows = []
+    for split, fig in (("val", chosen.val), ("test", chosen.test)):
+        acc = f"{fig.accuracy:.4f}"
+        if split == "test":
+            acc += f" [{lo:.4f}, {hi:.4f}]"
+        rows.append(
+            [split, acc, fig.flops / 1e6, f"{fig.speedup:.3f}x", f"{fig.speedup_all_exits:.3f}x"]
+            + [f"{100 * f:.1f}%" for f in fig.exit_fractions]
+        )
+    chosen_table = format_table(
+        rows,
+        ["split", "accuracy (test: 95% CI)", "MFLOPs", "speed-up", "vs all exits"] + [f"@{n}" for n in names],
+        title="chosen point",
+    )
+    exit_table = format_table(
+        [[e.name, e.val_accuracy, e.test_accuracy, e.flops / 1e6, f"{e.speedup:.3f}x"] for e in result.exits],
+        ["exit alone", "val acc", "test acc", "MFLOPs", "speed-up"],
+        title="each exit alone",
+    )
+    method_table = format_table(
+        [[f.method, f.size, f.hypervolume, f.evaluations, f.seconds] for f in result.fronts],
+        ["method", "front size", "val hypervolume", "evaluations", "seconds"],
+        title=f"methods (hypervolume of val error x cost/{names[K - 1]}, reference {result.hypervolume_reference})",
+    )
+    tail = f"search time {result.front(chosen.method).seconds:.3f} s ({chosen.method}); total {result.timings.get('total', 0.0):.3f} s"
+    return "\n".join(head) + "\n\n" + chosen_table + "\n\n" + exit_table + "\n\n" + method_table + "\n\n" + tail
+
+
+# --------------------------------------------------------------------------- run directory
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike, *, shared: bool = False) -> Iterator[None]:
+    """Hold `fcntl.flock` on `<out>.lock`: exclusive to replace a run, shared to read one.
+
+    Readers only lock when the lock file exists (a run never written by this tool has
+    none), so reading never creates files.
+    """
+    out = Path(out)
+    lock_path = out.parent / f"{out.name}.lock"
+    if shared:
+        try:
+            fd = os.open(lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            yield
+            return
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def write_run(
+    out: str | os.PathLike,
+    result,
+    *,
+    extra: Sequence[Callable[[Path], None]] = (),
+) -> Path:
+    """Write a whole run directory, replacing any previous run at `out` as one step.
+
+    The files (`thresholds.json`, `pareto.csv`, `summary.json`, then whatever each
+    callable in `extra` writes, e.g. the plots) go into a temporary sibling directory;
+    then, holding the exclusive lock on `<out>.lock`, an existing `out` is renamed aside,
+    the new directory renamed to `out`, and the old one removed. If anything fails
+    before the swap, the temporary directory is removed and `out` is untouched.
+
+    Returns:
+        The run directory `out`.
+
+    Raises:
+        PermissionError / OSError: with the path, if the directory cannot be written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a directory path for the results")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
+    except PermissionError as exc:
+        raise PermissionError(f"cannot write to {parent}/: permission denied; choose another --out") from exc
+    try:
+        write_json_atomic(tmp / THRESHOLDS_FILE, thresholds_document(result))
+        write_text_atomic(tmp / PARETO_FILE, pareto_csv(result))
+        write_json_atomic(tmp / SUMMARY_FILE, summary_document(result))
+        for write in extra:
+            write(tmp)
+        os.chmod(tmp, 0o755)
+        with run_lock(out):
+            _remove_stale(parent, out.name)
+            old = None
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=parent))
+                os.replace(out, old / "run")
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _remove_stale(parent: Path, name: str) -> None:
+    """Remove temporary directories left by runs that were killed (their pid is gone).
+
+    Called under the exclusive lock; a live run's temporary directory is never touched.
+    """
+    for kind in ("tmp", "old"):
+        for path in parent.glob(f".{name}.{kind}-*-*"):
+            pid_text = path.name[len(f".{name}.{kind}-") :].split("-", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_run(run_dir: str | os.PathLike, *, lock: bool = True) -> tuple[dict, dict, str]:
+    """Read and check the three files of a run directory.
+
+    Args:
+        run_dir: a directory written by `write_run`.
+        lock: hold the shared lock while reading (pass False when the caller already
+            holds the exclusive one: flock would deadlock on a second descriptor).
+
+    Returns:
+        (thresholds document, summary document, pareto.csv text).
+
+    Raises:
+        FileNotFoundError: if the directory or one of the files is missing.
+        ValueError: if a file is not valid JSON/CSV of this tool.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; give a results/<run> directory written by `tradeoff search`")
+    with run_lock(run_dir, shared=True) if lock else contextlib.nullcontext():
+        texts = {}
+        for name in (THRESHOLDS_FILE, SUMMARY_FILE, PARETO_FILE):
+            path = run_dir / name
+            try:
+                texts[name] = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"{path} is missing; rerun `tradeoff search --out {run_dir}` to rewrite the run"
+                ) from None
+            except UnicodeDecodeError:
+                raise ValueError(f"{path} is not UTF-8 text; rerun `tradeoff search --out {run_dir}`") from None
+    docs = {}
+    for name in (THRESHOLDS_FILE, SUMMARY_FILE):
+        try:
+            doc = json.loads(texts[name])
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{run_dir / name} is not valid JSON ({exc.msg} at line {exc.lineno}); rerun `tradeoff search --out {run_dir}`"
+            ) from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{run_dir / name} must hold a JSON object; got {type(doc).__name__}")
+        docs[name] = doc
+    return docs[THRESHOLDS_FILE], docs[SUMMARY_FILE], texts[PARETO_FILE]
+
+
+def parse_pareto_csv(text: str, *, source: str = PARETO_FILE) -> dict[str, list[float]]:
+    """Columns of a `pareto.csv` as lists of floats, keyed by header.
+
+    Raises:
+        ValueError: naming `source`, if the header is missing, a row has the wrong
+            number of cells, or a cell is not a number.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{source} is empty; rerun `tradeoff search`")
+    headers = lines[0].split(",")
+    for needed in ("val_accuracy", "test_accuracy", "flops", "test_flops"):
+        if needed not in headers:
+            raise ValueError(f"{source} has no {needed!r} column (header: {lines[0][:80]!r}); rerun `tradeoff search`")
+    columns: dict[str, list[float]] = {h: [] for h in headers}
+    for number, line in enumerate(lines[1:], start=2):
+        cells = line.split(",")
+        if len(cells) != len(headers):
+            raise ValueError(f"{source} line {number} has {len(cells)} cells; the header has {len(headers)}")
+        for h, cell in zip(headers, cells):
+            try:
+                columns[h].append(float(cell))
+            except ValueError:
+                raise ValueError(f"{source} line {number}: {h} = {cell!r} is not a number") from None
+    return columns
