@@ -1,0 +1,372 @@
+"""Building an exit cache from a model: one forward pass per batch yields every exit.
+
+`build_cache` is the library function; `cache_command` is `tradeoff cache` (checkpoint and
+data loading, reuse of an existing cache, sharding under torchrun, the closing table).
+The NumPy half of the format (validation, reading, atomic writing) is `tradeoff.cache`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tradeoff import shard
+from tradeoff.cache import ExitCache, load_cache, make_meta, validate_cache, write_cache
+from tradeoff.cache_import import exit_summary_table
+
+LOGITS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+DEFAULT_CACHE_DIR = Path("results") / "cache"
+# Meta fields that may differ between runs that produced the same cache.
+INFORMATIONAL_META = ("created", "world_size")
+
+
+def build_cache(
+    model,
+    dataset,
+    costs,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    logits_dtype: str = "float32",
+    progress: bool = True,
+    meta: dict | None = None,
+) -> ExitCache:
+    """Run `model` once over `dataset` and keep every exit's logits, with their costs.
+
+    One forward pass per batch yields all K exits (never K passes), under
+    `torch.inference_mode()` with the model in eval mode (its mode is restored after).
+
+    Args:
+        model: a multi-exit `nn.Module` whose forward returns K logits tensors (B, C),
+            shallow -> deep. It is moved to `device`.
+        dataset: a `tradeoff.data.Dataset` (x float32 (N, ...), y (N,), split (N,)).
+        costs: `tradeoff.flops.ExitCosts` of this model at `dataset.input_shape`.
+        batch_size: rows per forward pass.
+        device: a torch device string ("cpu", "cuda", "cuda:1").
+        logits_dtype: "float32" or "float16" (stored dtype; the model runs as it is).
+        progress: show a tqdm bar on stderr.
+        meta: provenance to record (arch, arch_kwargs, checkpoint, ...); the data, cost
+            and run fields are added here.
+
+    Returns:
+        A validated ExitCache: logits (K, N, C), labels, split, flops (K,), meta.
+
+    Raises:
+        ValueError: output that is not K 2-D logits tensors, input shape or class count
+            that does not fit the data, a NaN/inf in any exit (naming it), bad options.
+    """
+    check_options(batch_size=batch_size, device=device, logits_dtype=logits_dtype)
+    logits = predict_exits(
+        model, dataset, batch_size=batch_size, device=device, logits_dtype=logits_dtype, progress=progress
+    )
+    if len(costs.flops) != logits.shape[0]:
+        raise ValueError(
+            f"costs give {len(costs.flops)} exits but the model returned {logits.shape[0]}; "
+            "compute them with tradeoff.flops.exit_costs on this model"
+        )
+    run = {"logits_dtype": logits_dtype, "batch_size": int(batch_size), "device": str(device), "world_size": 1}
+    return assemble_cache(logits, dataset, costs, model=model, meta={**(meta or {}), **run})
+
+
+def check_options(*, batch_size: int, device: str, logits_dtype: str) -> None:
+    """Validate the run options once, before any work.
+
+    Raises:
+        ValueError: a non-positive batch size, an unknown dtype, or an unusable device.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer; got {batch_size!r}")
+    if logits_dtype not in LOGITS_DTYPES:
+        raise ValueError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}; got {logits_dtype!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {device!r} is not a torch device ({exc}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA device is available here; use --device cpu")
+
+
+def predict_exits(
+    model,
+    dataset,
+    *,
+    rows: tuple[int, int] | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    logits_dtype: str = "float32",
+    progress: bool = True,
+) -> np.ndarray:
+    """Every exit's logits for rows [start, stop) of `dataset`: (K, stop - start, C).
+
+    Batches lie on the grid 0, batch_size, 2*batch_size, ... of the whole dataset, so a
+    block computed by one torchrun process holds the same bytes as that block of a
+    single-process run. The (K, n, C) array is allocated once and filled in place.
+
+    Raises:
+        ValueError: see `build_cache`.
+    """
+    start, stop = (0, len(dataset.y)) if rows is None else rows
+    if start % batch_size or not 0 <= start < stop <= len(dataset.y):
+        raise ValueError(f"rows {rows} must be a non-empty range of the data starting on a batch boundary")
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    x = dataset.x
+    logits = view = None
+    # Without progress the bar is off; with it, tqdm's own TQDM_DISABLE still applies.
+    quiet = {} if progress else {"disable": True}
+    bar = tqdm(total=stop - start, desc="caching", unit="img", file=sys.stderr, leave=False, **quiet)
+    try:
+        with torch.inference_mode():
+            for a in range(start, stop, batch_size):
+                b = min(a + batch_size, stop)
+                batch = torch.from_numpy(np.ascontiguousarray(x[a:b])).to(device, torch.float32)
+                outputs = _forward(model, batch, dataset, first=logits is None)
+                if logits is None:
+                    K, C = len(outputs), outputs[0].shape[1]
+                    logits = np.empty((K, stop - start, C), dtype=np.dtype(logits_dtype))
+                    view = torch.from_numpy(logits)
+                _check_outputs(outputs, logits.shape[0], logits.shape[2], b - a)
+                for k, out in enumerate(outputs):
+                    view[k, a - start : b - start].copy_(out)
+                _check_finite(view[:, a - start : b - start], a, logits_dtype)
+                bar.update(b - a)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return logits
+
+
+def _forward(model, batch, dataset, *, first: bool):
+    """The model's outputs; on the first batch, a shape error is restated in data terms."""
+    if not first:
+        return model(batch)
+    try:
+        outputs = model(batch)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"the model does not accept data {dataset.name!r} of input shape {tuple(dataset.input_shape)} "
+            f"({reason[:200]}); check --arch/--num-classes and --data"
+        ) from None
+    if isinstance(outputs, torch.Tensor):
+        raise ValueError(
+            f"the model returned one tensor of shape {tuple(outputs.shape)}; a multi-exit model must return "
+            "a list of K logits tensors, one per exit, shallow -> deep"
+        )
+    if not isinstance(outputs, (list, tuple)) or not outputs or not all(isinstance(o, torch.Tensor) for o in outputs):
+        raise ValueError(
+            f"the model returned {type(outputs).__name__}; expected a list of K logits tensors (B, C), "
+            "one per exit, shallow -> deep"
+        )
+    C = outputs[0].shape[-1] if outputs[0].ndim == 2 else None
+    if C is not None and not _classes_fit(C, dataset):
+        raise ValueError(
+            f"the model has {C} classes but data {dataset.name!r} has {dataset.num_classes}; "
+            f"pass --num-classes {dataset.num_classes} (or the data the model was trained on)"
+        )
+    return outputs
+
+
+def _classes_fit(C: int, dataset) -> bool:
+    """npz data infer their class count from the labels, so a model may have more classes."""
+    if str(dataset.spec).startswith("npz:"):
+        return C >= dataset.num_classes
+    return C == dataset.num_classes
+
+
+def _check_outputs(outputs, K: int, C: int, B: int) -> None:
+    if len(outputs) != K:
+        raise ValueError(f"the model returned {len(outputs)} exits on one batch and {K} on another")
+    for k, out in enumerate(outputs):
+        if tuple(out.shape) != (B, C):
+            raise ValueError(
+                f"exit {k + 1} returned shape {tuple(out.shape)}; every exit must return logits of shape "
+                f"(batch, classes) = ({B}, {C})"
+            )
+
+
+def _check_finite(block: torch.Tensor, first_row: int, logits_dtype: str) -> None:
+    """Name the first exit with a NaN/inf in this batch (after the dtype cast, so float16
+    overflow is caught too)."""
+    finite = torch.isfinite(block).flatten(1).all(dim=1)
+    if bool(finite.all()):
+        return
+    k = int((~finite).nonzero()[0])
+    bad = int((~torch.isfinite(block[k])).any(dim=1).nonzero()[0]) + first_row
+    hint = " - float16 overflows beyond 65504; use --logits-dtype float32" if logits_dtype == "float16" else ""
+    raise ValueError(
+        f"exit {k + 1} gave NaN/inf logits (first at sample {bad}); nothing was written{hint} - "
+        "check the checkpoint (a diverged training run?)"
+    )
+
+
+def assemble_cache(logits: np.ndarray, dataset, costs, *, model=None, meta: dict | None = None) -> ExitCache:
+    """The validated cache from computed logits: one place, so a single-process run and a
+    merged torchrun run build the same meta (only INFORMATIONAL_META fields differ)."""
+    from tradeoff.flops import describe_costs
+
+    K = logits.shape[0]
+    names = getattr(model, "exit_names", None)
+    exit_names = [str(n) for n in names] if isinstance(names, (list, tuple)) and len(names) == K else None
+    fields = {
+        "num_classes": int(logits.shape[2]),
+        "exit_names": exit_names or [f"exit{k + 1}" for k in range(K)],
+        "data": dataset.spec,
+        "data_name": dataset.name,
+        "data_fingerprint": dataset.fingerprint,
+        "splits": sorted(set(np.unique(dataset.split).tolist())),
+        **describe_costs(costs),
+        **(meta or {}),
+    }
+    cache = ExitCache(
+        logits=logits,
+        labels=np.asarray(dataset.y, np.int64),
+        split=np.asarray(dataset.split).astype(str),
+        flops=np.asarray(costs.flops, np.float64),
+        meta=make_meta(**fields),
+    )
+    return validate_cache(cache, source="tradeoff cache")
+
+
+# --------------------------------------------------------------------------- the command
+def cache_command(args) -> int:
+    """`tradeoff cache`: checkpoint + data -> cache file, reused when it already exists."""
+    from tradeoff.checkpoint import load_checkpoint
+    from tradeoff.data import load_data
+    from tradeoff.flops import exit_costs
+
+    ctx = shard.detect_torchrun()
+    main = ctx is None or ctx.is_main
+    check_options(batch_size=args.batch_size, device=args.device, logits_dtype=args.logits_dtype)
+    loaded = load_checkpoint(
+        args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint, map_location="cpu"
+    )
+    spec = args.data or loaded.data or "digits"
+    splits = ("train", "val", "test") if args.include_train else ("val", "test")
+    dataset = load_data(spec, splits=splits)
+    out = Path(args.out) if args.out else DEFAULT_CACHE_DIR / f"{Path(args.ckpt).stem}-{dataset.name}.npz"
+    key = {
+        "arch": loaded.arch,
+        "arch_kwargs": loaded.arch_kwargs,
+        "checkpoint_sha256": loaded.sha256,
+        "data_fingerprint": dataset.fingerprint,
+        "logits_dtype": args.logits_dtype,
+        "splits": sorted(splits_present(dataset)),
+    }
+    existing = existing_cache(out, key, ckpt=args.ckpt, verbose=main)
+    if existing is not None:
+        if main:
+            print(f"reusing {out}: it already holds this checkpoint's logits on {dataset.name} (same sha256, "
+                  "data fingerprint and dtype); delete it to recompute")
+            print(exit_summary_table(existing))
+        return 0
+    meta = {
+        "arch": loaded.arch,
+        "arch_kwargs": loaded.arch_kwargs,
+        "checkpoint": str(args.ckpt),
+        "checkpoint_sha256": loaded.sha256,
+        "logits_dtype": args.logits_dtype,
+        "batch_size": int(args.batch_size),
+        "device": str(args.device),
+    }
+    model = loaded.model
+    # One sample first: a model that does not fit the data fails here in data terms,
+    # before fvcore traces it.
+    predict_exits(model, dataset, rows=(0, 1), batch_size=1, device=args.device, progress=False)
+    if ctx is None:
+        costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
+        started = time.perf_counter()
+        cache = build_cache(model, dataset, costs, batch_size=args.batch_size, device=args.device,
+                            logits_dtype=args.logits_dtype, progress=True, meta={**meta, "world_size": 1})
+        seconds = time.perf_counter() - started
+        write_cache(out, cache)
+        where = ""
+    else:
+        cache, seconds = _cache_sharded(ctx, model, dataset, args, out, key, meta)
+        if cache is None:
+            return 0
+        where = f" on {ctx.world_size} processes"
+    print(f"cached {cache.num_samples} rows{where} in {seconds:.2f} s ({cache.num_samples / seconds:.1f} img/s)")
+    print(exit_summary_table(cache))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cache_sharded(ctx, model, dataset, args, out: Path, key: dict, meta: dict) -> tuple[ExitCache | None, float]:
+    """The torchrun path: every rank computes its block; rank 0 merges, writes and returns
+    the cache (None elsewhere) with the seconds from the start of computing until every
+    shard was written and merged."""
+    import json
+
+    from tradeoff.flops import exit_costs
+
+    rows = shard.rank_rows(len(dataset.y), args.batch_size, ctx.world_size)
+    busy = sum(stop > start for start, stop in rows)
+    if ctx.is_main and busy < ctx.world_size:
+        print(f"note: only {busy} of {ctx.world_size} processes have a batch at --batch-size {args.batch_size}; "
+              "lower --batch-size to use them all", file=sys.stderr)
+    run_key = json.dumps(key, sort_keys=True)
+    with shard.process_group(ctx, args.device) as device:
+        def compute(start, stop):
+            return predict_exits(model, dataset, rows=(start, stop), batch_size=args.batch_size, device=device,
+                                 logits_dtype=args.logits_dtype, progress=ctx.is_main)
+
+        started = time.perf_counter()
+        logits = shard.run_sharded(ctx, compute, rows, out, run_key, device=device)
+        seconds = time.perf_counter() - started
+        error, cache = None, None
+        if ctx.is_main:
+            try:
+                costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
+                cache = assemble_cache(logits, dataset, costs, model=model,
+                                       meta={**meta, "world_size": ctx.world_size})
+                write_cache(out, cache)
+            except (ValueError, TypeError, OSError, RuntimeError) as exc:
+                error = exc
+        shard.agree(ctx, error, device)
+    return cache, seconds
+
+
+def splits_present(dataset) -> set[str]:
+    return set(np.unique(dataset.split).tolist())
+
+
+def existing_cache(out: Path, key: dict, *, ckpt: str | os.PathLike, verbose: bool = True) -> ExitCache | None:
+    """The cache already at `out` if it was built from this checkpoint and data, else None.
+
+    Raises:
+        ValueError: `out` is the checkpoint itself, is not a tradeoff cache, or is a cache
+            of another model or data (we never overwrite those silently).
+    """
+    if not out.exists():
+        return None
+    if out.resolve() == Path(ckpt).resolve():
+        raise ValueError(f"--out {out} is the checkpoint itself; choose another output path")
+    try:
+        cache = load_cache(out)
+    except ValueError as exc:
+        raise ValueError(
+            f"{out} exists but is not a valid tradeoff cache ({' '.join(str(exc).split())[:160]}); "
+            "delete it or pass another --out"
+        ) from None
+    meta = cache.meta
+    for field in ("checkpoint_sha256", "data_fingerprint", "arch", "arch_kwargs"):
+        if meta.get(field) != key[field]:
+            what = "model" if field != "data_fingerprint" else "data"
+            raise ValueError(
+                f"{out} holds a cache of another {what} ({field} {str(meta.get(field))[:16]!r} != "
+                f"{str(key[field])[:16]!r}); delete it or pass another --out"
+            )
+    if meta.get("logits_dtype") != key["logits_dtype"] or sorted(meta.get("splits", [])) != key["splits"]:
+        if verbose:
+            print(f"rebuilding {out}: it holds {meta.get('logits_dtype')} logits of splits {meta.get('splits')}, "
+                  f"asked for {key['logits_dtype']} of {key['splits']}", file=sys.stderr)
+        return None
+    return cache

@@ -1,0 +1,274 @@
+"""`tradeoff import`: an exit cache from the user's own arrays, from any framework.
+
+Logits come as one (K, N, C) file or one (N, C) file per exit (shallow -> deep), as
+`.npy` (read with `allow_pickle=False`) or `.pt` (read with `torch.load(weights_only=True)`;
+tensors only unless the user trusts the file). Costs are given, not counted: the user's
+framework knows its network. Everything is validated by `tradeoff.cache.validate_cache`.
+torch is imported only to read `.pt` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tradeoff.cache import ExitCache, make_meta, validate_cache, write_cache
+from tradeoff.errors import UnsafeCheckpointError
+from tradeoff.fileio import sha256_file
+
+ARRAY_SUFFIXES = (".npy", ".pt", ".pth")
+
+
+def import_cache(
+    logits_paths: Sequence[str | os.PathLike],
+    labels_path: str | os.PathLike,
+    *,
+    split_path: str | os.PathLike | None = None,
+    flops: Sequence[float],
+    baseline_flops: float | None = None,
+    trust: bool = False,
+) -> ExitCache:
+    """A validated cache from logits, labels and (optionally) split files.
+
+    Args:
+        logits_paths: one (K, N, C) file, or K (N, C) files shallow -> deep.
+        labels_path: (N,) integer labels (.npy or .pt).
+        split_path: (N,) .npy of strings "val"/"test"/"train"; default: a fixed seeded
+            half/half val/test split (the same rule as `npz:` data).
+        flops: (K,) cumulative cost of leaving at each exit (fvcore convention: one
+            multiply-add = one FLOP).
+        baseline_flops: cost of the original single-exit network; default the last exit's.
+        trust: allow `.pt` files that need unpickling of arbitrary objects.
+
+    Raises:
+        FileNotFoundError: a missing file. ValueError / UnsafeCheckpointError: bad input,
+            each naming the file or argument and the fix.
+    """
+    logits_paths = [Path(p) for p in logits_paths]
+    if not logits_paths:
+        raise ValueError("give at least one logits file: one (K, N, C) array or one (N, C) array per exit")
+    logits = _stack_logits(logits_paths, trust=trust)
+    K, N, C = logits.shape
+    labels = read_array(labels_path, trust=trust, what="labels")
+    if labels.ndim == 2 and 1 in labels.shape:
+        labels = labels.reshape(-1)
+    if labels.shape != (N,):
+        raise ValueError(f"--labels {labels_path}: expected shape ({N},) to match the logits' N = {N}; got {labels.shape}")
+    if split_path is None:
+        split, split_rule = default_split(N), "seeded half/half val/test (numpy default_rng(0) permutation)"
+    else:
+        split, split_rule = _read_split(Path(split_path), N), f"file {split_path}"
+    flops = np.asarray(flops, dtype=np.float64).reshape(-1)
+    if flops.shape != (K,):
+        raise ValueError(
+            f"--flops gives {flops.size} costs but the logits have K = {K} exits; give one cumulative cost per exit"
+        )
+    if baseline_flops is not None and not (np.isfinite(baseline_flops) and baseline_flops > 0):
+        raise ValueError(f"--baseline-flops must be a positive number; got {baseline_flops!r}")
+    meta = make_meta(
+        arch="imported",
+        num_classes=int(C),
+        exit_names=[f"exit{k + 1}" for k in range(K)],
+        logits_files=[str(p) for p in logits_paths],
+        logits_sha256=[sha256_file(p) for p in logits_paths],
+        labels_file=str(labels_path),
+        split_rule=split_rule,
+        flop_counter="given",
+        baseline_flops=float(baseline_flops if baseline_flops is not None else flops[-1]),
+        baseline_flops_source="given" if baseline_flops is not None else "last exit (not given)",
+        logits_dtype=str(logits.dtype),
+    )
+    cache = ExitCache(logits=logits, labels=labels, split=split, flops=flops, meta=meta)
+    return validate_cache(cache, source="imported arrays")
+
+
+def default_split(num_samples: int) -> np.ndarray:
+    """The fixed val/test split used when none is given, the same rule as `npz:` data:
+    the first N // 2 rows of `default_rng(0).permutation(N)` are val, the rest test. (N,) str."""
+    from tradeoff.data import _seeded_split  # the one home of the rule
+
+    return _seeded_split(num_samples, ("val", "test"), (num_samples // 2, num_samples - num_samples // 2))
+
+
+def read_array(path: str | os.PathLike, *, trust: bool = False, what: str = "array") -> np.ndarray:
+    """One array from `.npy` (no pickles) or `.pt` (a tensor, weights_only unless trusted).
+
+    Raises:
+        FileNotFoundError, ValueError, UnsafeCheckpointError: naming `path`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            if "pickle" in str(exc).lower():
+                raise ValueError(
+                    f"{what} file {path} holds Python objects, not numbers; save a numeric array with numpy.save"
+                ) from None
+            raise ValueError(f"{what} file {path} is not a readable .npy array ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{what} file {path} is not a readable .npy array ({exc}); is it truncated?") from None
+    if suffix in (".pt", ".pth"):
+        return _read_torch(path, trust=trust, what=what)
+    raise ValueError(f"{what} file {path}: expected a .npy or .pt file; got {suffix or 'no extension'!r}")
+
+
+def _read_torch(path: Path, *, trust: bool, what: str) -> np.ndarray:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if trust:
+            raise ValueError(f"{what} file {path} is not a readable torch file ({exc})") from None
+        raise UnsafeCheckpointError(
+            f"{what} file {path} needs unpickling of arbitrary objects, which could run code; "
+            "pass --trust-checkpoint only if you trust this file, or save a plain tensor with torch.save"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ValueError(f"{what} file {path} is not a readable torch file ({reason}); is it truncated?") from None
+    if isinstance(obj, np.ndarray):
+        return obj
+    if not isinstance(obj, torch.Tensor):
+        kind = f"dict with keys {list(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{what} file {path} holds a {kind}; expected one tensor - save it with torch.save(tensor)")
+    obj = obj.detach().cpu()
+    if obj.dtype == torch.bfloat16:
+        obj = obj.float()
+    return obj.numpy()
+
+
+def _stack_logits(paths: list[Path], *, trust: bool) -> np.ndarray:
+    """(K, N, C) float32/float16 from one 3-D file or K 2-D files."""
+    arrays = [_as_logits(read_array(p, trust=trust, what="logits"), p) for p in paths]
+    if len(paths) == 1:
+        (logits,) = arrays
+        if logits.ndim == 2:
+            raise ValueError(
+                f"logits file {paths[0]} has shape {logits.shape}, one exit's (N, C); give one (N, C) file per "
+                "exit (shallow -> deep) or one (K, N, C) array of all exits"
+            )
+        if logits.ndim != 3:
+            raise ValueError(f"logits file {paths[0]} has shape {logits.shape}; expected (K, N, C)")
+        return logits
+    for p, a in zip(paths, arrays):
+        if a.ndim != 2:
+            raise ValueError(
+                f"logits file {p} has shape {a.shape}; with one file per exit each must be (N, C) - "
+                "pass a (K, N, C) array alone"
+            )
+    (p0, a0) = paths[0], arrays[0]
+    for p, a in zip(paths[1:], arrays[1:]):
+        if a.shape[0] != a0.shape[0]:
+            raise ValueError(f"mismatched N: {p0} has {a0.shape[0]} rows but {p} has {a.shape[0]}; every exit needs the same samples")
+        if a.shape[1] != a0.shape[1]:
+            raise ValueError(f"mismatched C: {p0} has {a0.shape[1]} classes but {p} has {a.shape[1]}")
+    dtype = np.float16 if all(a.dtype == np.float16 for a in arrays) else np.float32
+    return np.stack([a.astype(dtype, copy=False) for a in arrays])
+
+
+def _as_logits(array: np.ndarray, path: Path) -> np.ndarray:
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"logits file {path} has dtype {array.dtype}; logits must be floating point")
+    if array.dtype not in (np.float32, np.float16):
+        array = array.astype(np.float32)
+    return array
+
+
+def _read_split(path: Path, N: int) -> np.ndarray:
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"--split {path}: expected a .npy array of strings; got {path.suffix or 'no extension'!r}")
+    split = read_array(path, what="split")
+    if split.dtype.kind == "S":
+        split = split.astype(str)
+    if split.dtype.kind != "U":
+        raise ValueError(
+            f"--split {path} has dtype {split.dtype}; expected strings 'val'/'test' - "
+            "save numpy.array(['val', 'test', ...]) with numpy.save"
+        )
+    if split.shape != (N,):
+        raise ValueError(f"--split {path}: expected shape ({N},) to match the logits' N = {N}; got {split.shape}")
+    return split
+
+
+def parse_flops(text: str) -> tuple[list[float], float | None]:
+    """Per-exit costs from "1e8,2e8,3e8" or a JSON file (a list, or {"flops": [...],
+    "baseline_flops": x}). Returns (flops, baseline_flops or None).
+
+    Raises:
+        ValueError: a non-numeric value or a malformed file.
+    """
+    path = Path(text)
+    if text.lower().endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"--flops file {path} does not exist")
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--flops file {path} is not valid JSON ({exc})") from None
+        baseline = None
+        if isinstance(obj, dict):
+            if "flops" not in obj:
+                raise ValueError(f'--flops file {path}: expected a list or {{"flops": [...], "baseline_flops": x}}; got keys {sorted(obj)}')
+            baseline = obj.get("baseline_flops")
+            if baseline is not None:
+                baseline = _number(baseline, f"--flops file {path}: baseline_flops")
+            obj = obj["flops"]
+        if not isinstance(obj, list):
+            raise ValueError(f"--flops file {path}: expected a list of numbers; got {type(obj).__name__}")
+        return [_number(v, f"--flops file {path}") for v in obj], baseline
+    parts = [p.strip() for p in text.split(",")]
+    return [_number(p, f"--flops {text!r}") for p in parts], None
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: {value!r} is not a number; give costs like 1e8,2e8,3e8")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {value!r} is not a number; give costs like 1e8,2e8,3e8") from None
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError(f"{where}: {value!r} is not a positive finite cost")
+    return number
+
+
+def exit_summary_table(cache: ExitCache) -> str:
+    """Each exit's val and test accuracy and cost (MFLOPs, % of the baseline network)."""
+    splits = [s for s in ("val", "test") if (cache.split == s).any()]
+    correct = cache.logits.argmax(axis=2) == cache.labels[None, :]  # (K, N)
+    baseline = cache.baseline_flops
+    header = f"{'exit':<10}" + "".join(f"{s + ' acc':>10}" for s in splits) + f"{'MFLOPs':>12}{'% base':>9}"
+    lines = [header, "-" * len(header)]
+    for k, name in enumerate(cache.exit_names):
+        accs = "".join(f"{correct[k, cache.split == s].mean():>10.4f}" for s in splits)
+        lines.append(f"{name:<10}{accs}{cache.flops[k] / 1e6:>12.2f}{100 * cache.flops[k] / baseline:>8.1f}%")
+    counts = ", ".join(f"{n} {s}" for s, n in cache.split_counts().items())
+    lines.append(f"baseline (single-exit network): {baseline / 1e6:.2f} MFLOPs; {cache.num_samples} samples ({counts})")
+    return "\n".join(lines)
+
+
+def import_command(args) -> int:
+    """`tradeoff import`: write a cache from the user's arrays and show each exit's figures."""
+    flops, file_baseline = parse_flops(args.flops)
+    baseline = args.baseline_flops if args.baseline_flops is not None else file_baseline
+    out = Path(args.out)
+    inputs = [Path(p) for p in [*args.logits, args.labels, *([args.split] if args.split else [])]]
+    if out.exists() and any(out.resolve() == p.resolve() for p in inputs if p.exists()):
+        raise ValueError(f"--out {out} is one of the input files; choose another output path")
+    cache = import_cache(args.logits, args.labels, split_path=args.split, flops=flops, baseline_flops=baseline,
+                         trust=args.trust_checkpoint)
+    write_cache(out, cache)
+    print(exit_summary_table(cache))
+    print(f"wrote {out}")
+    return 0
