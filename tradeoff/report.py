@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,8 +71,12 @@ def format_table(
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    # A column whose every cell is a number is right-aligned, header included.
-    right = [bool(cells) and all(numeric[r][j] or cells[r][j] == "-" for r in range(len(cells))) for j in range(len(headers))]
+    # A column whose every cell is a number (or reads as one: "1.21x", "35.0%",
+    # "0.7570 [0.7452, 0.7684]") is right-aligned, header included.
+    right = [
+        bool(cells) and all(numeric[r][j] or cells[r][j] == "-" or _NUMBER_LIKE.match(cells[r][j]) for r in range(len(cells)))
+        for j in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
@@ -82,6 +87,9 @@ def format_table(
     out.append("  ".join("-" * w for w in widths))
     out.extend(line(row) for row in cells)
     return "\n".join(out)
+
+
+_NUMBER_LIKE = re.compile(r"^[-+]?(\d|\.\d|inf|nan)")
 
 
 def _is_number(value) -> bool:
@@ -198,9 +206,10 @@ def summary_document(result) -> dict:
     """
     s = result.settings
     meta = result.cache_meta
-    fronts = {}
+    fronts = []  # a list, not an object: JSON keys are sorted, and the order is NSGA first
     for front in result.fronts:
-        fronts[front.method] = {
+        fronts.append({
+            "method": front.method,
             "size": front.size,
             "hypervolume": float(front.hypervolume),
             "evaluations": int(front.evaluations),
@@ -210,7 +219,7 @@ def summary_document(result) -> dict:
             "val_flops": _floats(front.val.flops),
             "test_accuracy": _floats(front.test.accuracy),
             "test_flops": _floats(front.test.flops),
-        }
+        })
     return {
         "format": "tradeoff-summary",
         "version": 1,
@@ -313,14 +322,15 @@ def summary_text(result) -> str:
         title="chosen point",
     )
     exit_table = format_table(
-        [[e.name, e.val_accuracy, e.test_accuracy, e.flops / 1e6, f"{e.speedup:.3f}x"] for e in result.exits],
+        [[e.name, f"{e.val_accuracy:.4f}", f"{e.test_accuracy:.4f}", e.flops / 1e6, f"{e.speedup:.3f}x"] for e in result.exits],
         ["exit alone", "val acc", "test acc", "MFLOPs", "speed-up"],
         title="each exit alone",
     )
+    ref_error, ref_cost = result.hypervolume_reference
     method_table = format_table(
-        [[f.method, f.size, f.hypervolume, f.evaluations, f.seconds] for f in result.fronts],
+        [[f.method, f.size, f"{f.hypervolume:.4f}", f.evaluations, f"{f.seconds:.3f}"] for f in result.fronts],
         ["method", "front size", "val hypervolume", "evaluations", "seconds"],
-        title=f"methods (hypervolume of val error x cost/{names[K - 1]}, reference {result.hypervolume_reference})",
+        title=f"every method on val (hypervolume: error x cost, reference error {ref_error:g} and {ref_cost / 1e6:.4g} MFLOPs)",
     )
     tail = f"search time {result.front(chosen.method).seconds:.3f} s ({chosen.method}); total {result.timings.get('total', 0.0):.3f} s"
     return "\n".join(head) + "\n\n" + chosen_table + "\n\n" + exit_table + "\n\n" + method_table + "\n\n" + tail

@@ -1,0 +1,610 @@
+"""`tradeoff search` end to end: validate, fit on val, search, report on test, write the run.
+
+`run_search` is the library entry point: it turns an `ExitCache` into a `SearchResult`
+holding every figure the report and the plots need. Thresholds are fitted on the `val`
+split ONLY (the searches, the calibration temperatures and the pick all see val alone);
+`test` is scored for every front point and the chosen one and never searched, so the test
+numbers are an honest estimate of what the thresholds give on new data.
+
+The NSGA-II front is always computed (it is the tool's method), and so are the baselines
+(one global threshold, MSDNet's budget rule, random search at NSGA's evaluation budget,
+an exhaustive grid when K-1 <= 3); `method` only selects the front the pick is made on.
+
+NumPy only (plus DEAP/joblib through the search modules): no torch import, so the
+command starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tradeoff.cache import ExitCache, load_cache
+from tradeoff.fileio import sha256_file
+from tradeoff.policy import CONFIDENCE_MEASURES, Scores, exit_indices, exit_table, score_thresholds
+
+METHODS = ("nsga", "global", "msdnet", "random", "grid")
+GRID_MAX_SEARCHED = 3  # the grid baseline runs when K-1 <= this (at its default resolution)
+BOOTSTRAP_RESAMPLES = 2000
+DEFAULT_CACHE_DIR = Path("results") / "cache"
+PICK_KINDS = ("target_acc", "max_drop", "budget_flops")
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Pick:
+    """How the chosen point is picked from a front on val.
+
+    Attributes:
+        kind: "target_acc" (cheapest point with val accuracy >= value), "max_drop"
+            (cheapest point within value percentage points of the deepest exit alone) or
+            "budget_flops" (most accurate point costing <= value FLOPs per sample).
+        value: the target accuracy in (0, 1], the drop in points >= 0, or the budget > 0.
+        default: True when the user gave no pick; then kind is "max_drop" with value 0
+            (no loss against the deepest exit alone).
+    """
+
+    kind: str
+    value: float
+    default: bool = False
+
+    def __post_init__(self):
+        if self.kind not in PICK_KINDS:
+            raise ValueError(f"pick kind must be one of {', '.join(PICK_KINDS)}; got {self.kind!r}")
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise TypeError(f"--{self.flag} must be a number; got {value!r}")
+        value = float(value)
+        if self.kind == "target_acc" and not (0.0 < value <= 1.0):
+            hint = f" - did you mean {value / 100:g}?" if 1.0 < value <= 100.0 else ""
+            raise ValueError(f"--target-acc must be an accuracy in (0, 1]; got {value:g}{hint}")
+        if self.kind == "max_drop" and not (np.isfinite(value) and 0.0 <= value <= 100.0):
+            raise ValueError(f"--max-drop must be percentage points in [0, 100] (0.5 = half a point); got {value:g}")
+        if self.kind == "budget_flops" and not (np.isfinite(value) and value > 0):
+            raise ValueError(
+                f"--budget-flops must be a positive number of FLOPs per sample (fvcore count, e.g. 3e8); got {value:g}"
+            )
+        object.__setattr__(self, "value", value)
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        target_acc: float | None = None,
+        max_drop: float | None = None,
+        budget_flops: float | None = None,
+    ) -> "Pick":
+        """The pick the user asked for (at most one option), or the no-loss default."""
+        given = [(k, v) for k, v in (("target_acc", target_acc), ("max_drop", max_drop), ("budget_flops", budget_flops)) if v is not None]
+        if len(given) > 1:
+            names = " and ".join("--" + k.replace("_", "-") for k, _ in given)
+            raise ValueError(f"give at most one of --target-acc, --max-drop, --budget-flops; got {names}")
+        if not given:
+            return cls("max_drop", 0.0, default=True)
+        return cls(*given[0])
+
+    @property
+    def flag(self) -> str:
+        return self.kind.replace("_", "-")
+
+    @property
+    def label(self) -> str:
+        """Short name used in the default run directory: acc0.78, drop0.5, budget3e+08, nodrop."""
+        if self.default:
+            return "nodrop"
+        prefix = {"target_acc": "acc", "max_drop": "drop", "budget_flops": "budget"}[self.kind]
+        return f"{prefix}{self.value:g}"
+
+    def describe(self) -> str:
+        if self.default:
+            return "no loss against the deepest exit alone (give --target-acc, --max-drop or --budget-flops to change)"
+        if self.kind == "target_acc":
+            return f"cheapest point with val accuracy >= {self.value:g}"
+        if self.kind == "max_drop":
+            return f"cheapest point within {self.value:g} percentage points of the deepest exit alone"
+        return f"most accurate point costing <= {self.value / 1e6:.4g} MFLOPs"
+
+    def as_dict(self) -> dict:
+        out = {self.kind: self.value}
+        if self.default:
+            out["default"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything the user chose; recorded in summary.json."""
+
+    pick: Pick
+    method: str = "nsga"
+    confidence: str = "maxprob"
+    ensemble: bool = False
+    calibrate: bool = False
+    pop: int = 100
+    gens: int = 100
+    seed: int = 0
+    restarts: int = 1
+    jobs: int = 1
+    bootstrap: int = BOOTSTRAP_RESAMPLES
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class PointFigures:
+    """One threshold vector's figures on one split.
+
+    Attributes:
+        accuracy: fraction answered correctly.
+        flops: mean cost per sample (fvcore count).
+        speedup: baseline_flops / flops (vs the original single-exit network).
+        speedup_all_exits: flops[K-1] / flops (vs running every exit).
+        exit_fractions: (K,) fraction of samples leaving at each exit.
+    """
+
+    accuracy: float
+    flops: float
+    speedup: float
+    speedup_all_exits: float
+    exit_fractions: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class MethodFront:
+    """One method's Pareto front (found on val), with every point scored on test too.
+
+    Attributes:
+        method: one of METHODS.
+        thresholds: (F, K-1) sorted by val cost ascending.
+        val: Scores of the F points on val (accuracy (F,), flops (F,), exit_fractions (F, K)).
+        test: the same F points on test (never searched).
+        hypervolume: normalised val hypervolume (`search.pareto` convention).
+        evaluations: threshold vectors the method scored.
+        seconds: the method's search time.
+    """
+
+    method: str
+    thresholds: np.ndarray
+    val: Scores
+    test: Scores
+    hypervolume: float
+    evaluations: int
+    seconds: float
+
+    @property
+    def size(self) -> int:
+        return int(self.thresholds.shape[0])
+
+
+@dataclass(frozen=True)
+class ExitAlone:
+    """Exit k answering every sample (the reference points of the plots)."""
+
+    name: str
+    flops: float
+    speedup: float
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class ChosenPoint:
+    """The picked thresholds with their val and test figures.
+
+    Attributes:
+        method: the front it was picked from.
+        index: its row in that front (sorted by val cost).
+        thresholds: (K-1,) per-exit thresholds.
+        val, test: its figures on each split.
+        test_accuracy_ci95: 95% percentile bootstrap interval of the test accuracy.
+    """
+
+    method: str
+    index: int
+    thresholds: tuple[float, ...]
+    val: PointFigures
+    test: PointFigures
+    test_accuracy_ci95: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Everything one `tradeoff search` found; what `report.py` and `plots.py` consume.
+
+    Attributes:
+        settings: the user's choices.
+        cache_path: the cache file as given (None for an in-memory cache).
+        cache_sha256: sha256 of that file (None for an in-memory cache).
+        cache_meta: the cache's provenance dict.
+        exit_names: (K,) names, shallow -> deep.
+        flops: (K,) cumulative cost of leaving at each exit (fvcore count).
+        baseline_flops: cost of the original single-exit network.
+        split_sizes: {"val": n, "test": n}.
+        temperatures: (K,) fitted on val with `calibrate`, else None.
+        fronts: one MethodFront per method run; "nsga" first.
+        hypervolume_reference: (error, cost) reference point of every hypervolume.
+        chosen: the picked point.
+        exits: each exit alone, shallow -> deep.
+        timings: seconds per stage ("table", "calibrate", one per method, "test", "total").
+    """
+
+    settings: SearchSettings
+    cache_path: str | None
+    cache_sha256: str | None
+    cache_meta: dict
+    exit_names: tuple[str, ...]
+    flops: np.ndarray
+    baseline_flops: float
+    split_sizes: dict
+    temperatures: tuple[float, ...] | None
+    fronts: tuple[MethodFront, ...]
+    hypervolume_reference: tuple[float, float]
+    chosen: ChosenPoint
+    exits: tuple[ExitAlone, ...]
+    timings: dict
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.flops.shape[0])
+
+    def front(self, method: str) -> MethodFront:
+        for front in self.fronts:
+            if front.method == method:
+                return front
+        raise ValueError(f"no {method!r} front in this result; it has {', '.join(f.method for f in self.fronts)}")
+
+
+# --------------------------------------------------------------------------- validation
+def _check_int(name: str, value, minimum: int, why: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"--{name} must be an integer; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"--{name} must be >= {minimum} ({why}); got {value}")
+    return int(value)
+
+
+def validate_settings(cache: ExitCache, settings: SearchSettings) -> None:
+    """Check the cache and the user's choices once, before any work.
+
+    Raises:
+        TypeError / ValueError: one line naming the option, what was expected and what arrived.
+    """
+    if not isinstance(cache, ExitCache):
+        raise TypeError(f"cache must be an ExitCache (see tradeoff.cache.load_cache); got {type(cache).__name__}")
+    if not isinstance(settings.pick, Pick):
+        raise TypeError(f"pick must be a tradeoff.search.run.Pick; got {type(settings.pick).__name__}")
+    K = cache.num_exits
+    if K < 2:
+        raise ValueError(
+            f"the cache has K = {K} exit: there are no thresholds to search (the only exit always answers); "
+            "cache a multi-exit model"
+        )
+    if settings.method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {settings.method!r}")
+    if settings.method == "grid" and K - 1 > GRID_MAX_SEARCHED:
+        raise ValueError(
+            f"--method grid searches exhaustively only up to K-1 = {GRID_MAX_SEARCHED} thresholds; "
+            f"this cache has K = {K} exits - use --method nsga"
+        )
+    if settings.confidence not in CONFIDENCE_MEASURES:
+        raise ValueError(f"--confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {settings.confidence!r}")
+    _check_int("pop", settings.pop, 4, "NSGA-II needs a population of at least 4")
+    _check_int("gens", settings.gens, 1, "at least one generation")
+    _check_int("restarts", settings.restarts, 1, "the number of independent searches")
+    _check_int("jobs", settings.jobs, 1, "the number of parallel processes")
+    _check_int("seed", settings.seed, 0, "a non-negative integer seed")
+    _check_int("bootstrap", settings.bootstrap, 100, "resamples for the 95% interval")
+    counts = cache.split_counts()
+    for split in ("val", "test"):
+        if counts.get(split, 0) == 0:
+            have = ", ".join(f"{k} ({v})" for k, v in counts.items()) or "none"
+            role = "thresholds are fitted on val" if split == "val" else "test is where the figures are reported"
+            raise ValueError(
+                f"the cache has no {split!r} rows ({role}; splits present: {have}); "
+                "rebuild it with `tradeoff cache`, or give `tradeoff import --split`"
+            )
+
+
+# --------------------------------------------------------------------------- the search
+def run_search(
+    cache: ExitCache,
+    *,
+    pick: Pick | None = None,
+    method: str = "nsga",
+    confidence: str = "maxprob",
+    ensemble: bool = False,
+    calibrate: bool = False,
+    pop: int = 100,
+    gens: int = 100,
+    seed: int = 0,
+    restarts: int = 1,
+    jobs: int = 1,
+    bootstrap: int = BOOTSTRAP_RESAMPLES,
+    cache_path: str | os.PathLike | None = None,
+) -> SearchResult:
+    """Search thresholds on val, pick one point, report everything on test.
+
+    Args:
+        cache: a validated cache with `val` and `test` rows and K >= 2 exits.
+        pick: how to choose the point (`Pick.from_options(...)`); None = no loss against
+            the deepest exit alone on val.
+        method: the front the pick is made on; every method is run either way.
+        confidence, ensemble: the exit rule (DESIGN.md).
+        calibrate: fit per-exit temperatures on val (applied to val and test).
+        pop, gens, seed, restarts, jobs: NSGA-II settings (random search gets the same
+            number of evaluations and the same seed).
+        bootstrap: resamples of the test rows for the 95% interval.
+        cache_path: the file `cache` was read from, recorded with its sha256.
+
+    Returns:
+        A complete SearchResult.
+
+    Raises:
+        TypeError / ValueError: bad settings or cache (one line).
+        TargetUnreachable: the pick cannot be met on val; the message names the best
+            reachable point.
+    """
+    settings = SearchSettings(
+        pick=Pick.from_options() if pick is None else pick,
+        method=method,
+        confidence=confidence,
+        ensemble=bool(ensemble),
+        calibrate=bool(calibrate),
+        pop=pop,
+        gens=gens,
+        seed=seed,
+        restarts=restarts,
+        jobs=jobs,
+        bootstrap=bootstrap,
+    )
+    validate_settings(cache, settings)
+    from tradeoff.search import pareto  # deferred: keeps `import tradeoff.search.run` light
+
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    val, test = cache.select("val"), cache.select("test")
+    K = cache.num_exits
+    flops = np.asarray(cache.flops, dtype=np.float64)
+
+    temperatures = None
+    if calibrate:
+        from tradeoff.calibration import fit_temperatures
+
+        t0 = time.perf_counter()
+        temperatures = np.asarray(fit_temperatures(val.logits, val.labels), dtype=np.float64)
+        timings["calibrate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rule = dict(confidence=confidence, ensemble=bool(ensemble), temperatures=temperatures)
+    val_table = exit_table(val.logits, val.labels, flops, **rule)
+    test_table = exit_table(test.logits, test.labels, flops, **rule)
+    timings["table"] = time.perf_counter() - t0
+
+    raw = _run_methods(val_table, settings, timings)
+    reference = pareto.reference_point(flops)
+    baseline = cache.baseline_flops
+
+    t0 = time.perf_counter()
+    fronts = tuple(_scored_front(name, front, val_table, test_table, reference) for name, front in raw)
+    timings["test"] = time.perf_counter() - t0
+
+    exits = tuple(
+        ExitAlone(
+            name=name,
+            flops=float(flops[k]),
+            speedup=baseline / float(flops[k]),
+            val_accuracy=float(np.count_nonzero(val_table.correct[k]) / val_table.num_samples),
+            test_accuracy=float(np.count_nonzero(test_table.correct[k]) / test_table.num_samples),
+        )
+        for k, name in enumerate(cache.exit_names)
+    )
+
+    front = next(f for f in fronts if f.method == settings.method)
+    index = _pick(front, settings.pick, exits[-1].val_accuracy, baseline)
+    thresholds = front.thresholds[index]
+    test_correct = _correct_at(test_table, thresholds)
+    chosen = ChosenPoint(
+        method=front.method,
+        index=index,
+        thresholds=tuple(float(t) for t in thresholds),
+        val=_figures(front.val, index, baseline, flops),
+        test=_figures(front.test, index, baseline, flops),
+        test_accuracy_ci95=bootstrap_accuracy_ci(test_correct, resamples=bootstrap, seed=seed),
+    )
+    timings["total"] = time.perf_counter() - start
+    return SearchResult(
+        settings=settings,
+        cache_path=None if cache_path is None else str(cache_path),
+        cache_sha256=None if cache_path is None else sha256_file(cache_path),
+        cache_meta=dict(cache.meta),
+        exit_names=tuple(cache.exit_names),
+        flops=flops,
+        baseline_flops=float(baseline),
+        split_sizes={"val": val.num_samples, "test": test.num_samples},
+        temperatures=None if temperatures is None else tuple(float(t) for t in temperatures),
+        fronts=fronts,
+        hypervolume_reference=tuple(float(v) for v in reference),
+        chosen=chosen,
+        exits=exits,
+        timings=timings,
+    )
+
+
+def _run_methods(table, settings: SearchSettings, timings: dict) -> list[tuple[str, object]]:
+    """Every method's FrontResult on the val table, NSGA-II first."""
+    from tradeoff.search import baselines, nsga
+
+    out = []
+    t0 = time.perf_counter()
+    if settings.restarts > 1:
+        ga = nsga.restart_search(
+            table, restarts=settings.restarts, jobs=settings.jobs, seed=settings.seed, pop=settings.pop, gens=settings.gens
+        )
+    else:
+        ga = nsga.nsga2_search(table, pop=settings.pop, gens=settings.gens, seed=settings.seed)
+    timings["nsga"] = time.perf_counter() - t0
+    out.append(("nsga", ga))
+    runs = [
+        ("global", lambda: baselines.global_threshold_search(table)),
+        ("msdnet", lambda: baselines.msdnet_budget_search(table)),
+        ("random", lambda: baselines.random_search(table, ga.evaluations, settings.seed)),
+    ]
+    searched = table.num_exits - 1
+    if searched <= GRID_MAX_SEARCHED:
+        runs.append(("grid", lambda: baselines.grid_search(table)))
+    for name, run in runs:
+        t0 = time.perf_counter()
+        out.append((name, run()))
+        timings[name] = time.perf_counter() - t0
+    return out
+
+
+def _scored_front(method: str, front, val_table, test_table, reference) -> MethodFront:
+    """Re-score a front's points on val (exit fractions) and on test; order by val cost."""
+    from tradeoff.search import pareto
+
+    thresholds = np.asarray(front.thresholds, dtype=np.float64).reshape(-1, val_table.num_exits - 1)
+    val = score_thresholds(val_table, thresholds)
+    # Deterministic order: val cost, then higher accuracy, then the thresholds themselves.
+    keys = [thresholds[:, j] for j in range(thresholds.shape[1] - 1, -1, -1)] + [-val.accuracy, val.flops]
+    order = np.lexsort(keys)
+    thresholds = np.ascontiguousarray(thresholds[order])
+    val = Scores(val.accuracy[order], val.flops[order], val.exit_fractions[order])
+    test = score_thresholds(test_table, thresholds)
+    hv = pareto.hypervolume_2d(1.0 - val.accuracy, val.flops, reference=reference)
+    return MethodFront(
+        method=method,
+        thresholds=thresholds,
+        val=val,
+        test=test,
+        hypervolume=float(hv),
+        evaluations=int(front.evaluations),
+        seconds=float(front.seconds),
+    )
+
+
+def _pick(front: MethodFront, pick: Pick, deepest_val_acc: float, baseline: float) -> int:
+    from tradeoff.search import pareto
+
+    acc, cost = front.val.accuracy, front.val.flops
+    if pick.kind == "target_acc":
+        return pareto.pick_target_accuracy(acc, cost, pick.value, baseline_flops=baseline)
+    if pick.kind == "max_drop":
+        return pareto.pick_max_drop(acc, cost, deepest_val_acc, pick.value, baseline_flops=baseline)
+    return pareto.pick_budget(acc, cost, pick.value, baseline_flops=baseline)
+
+
+def _figures(scores: Scores, i: int, baseline: float, flops: np.ndarray) -> PointFigures:
+    cost = float(scores.flops[i])
+    return PointFigures(
+        accuracy=float(scores.accuracy[i]),
+        flops=cost,
+        speedup=baseline / cost,
+        speedup_all_exits=float(flops[-1]) / cost,
+        exit_fractions=tuple(float(f) for f in scores.exit_fractions[i]),
+    )
+
+
+def _correct_at(table, thresholds: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether each sample is answered correctly under one threshold vector."""
+    leave = exit_indices(table, thresholds)
+    return table.correct[leave, np.arange(table.num_samples)]
+
+
+def bootstrap_accuracy_ci(
+    correct: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy, seeded and O(resamples).
+
+    Resampling N rows with replacement from N right/wrong answers and counting the right
+    ones is exactly a Binomial(N, k/N) draw (each pick is right with probability k/N,
+    independently), so the bootstrap distribution is drawn directly, with no
+    (resamples, N) index matrix: the same distribution, for any N, in microseconds.
+
+    Args:
+        correct: (N,) bool, whether each test sample is answered correctly.
+        resamples: bootstrap resamples.
+        seed: for `numpy.random.default_rng(seed)`.
+        level: coverage of the interval.
+
+    Returns:
+        (lo, hi) accuracies.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    n = correct.size
+    if n == 0:
+        raise ValueError("cannot bootstrap an accuracy over 0 samples; the split is empty")
+    rng = np.random.default_rng(seed)
+    draws = rng.binomial(n, np.count_nonzero(correct) / n, size=resamples) / n
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- the command
+def newest_cache(directory: str | os.PathLike = DEFAULT_CACHE_DIR) -> tuple[Path, int]:
+    """The newest `.npz` under `directory` (by mtime, ties by name) and how many there are.
+
+    Raises:
+        FileNotFoundError: if there is none, saying to run `tradeoff cache` first.
+    """
+    directory = Path(directory)
+    files = sorted(p for p in directory.glob("*.npz") if p.is_file()) if directory.is_dir() else []
+    if not files:
+        raise FileNotFoundError(
+            f"no cache given and none found under {directory}/; run `tradeoff cache --ckpt MODEL` first "
+            "(or `tradeoff import`), or pass --cache FILE"
+        )
+    newest = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return newest, len(files)
+
+
+def default_run_dir(cache_path: str | os.PathLike, pick: Pick) -> Path:
+    """results/<cache-stem>-<pick label>, e.g. results/model-digits-acc0.78."""
+    return Path("results") / f"{Path(cache_path).stem}-{pick.label}"
+
+
+def search_command(args) -> int:
+    """`tradeoff search`: pick the cache, search, write the run directory, print a summary."""
+    from tradeoff import report
+
+    pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops)
+    if args.cache:
+        cache_path = Path(args.cache)
+    else:
+        cache_path, count = newest_cache()
+        print(f"using cache {cache_path} (newest of {count})")
+    t0 = time.perf_counter()
+    cache = load_cache(cache_path)
+    load_seconds = time.perf_counter() - t0
+    result = run_search(
+        cache,
+        pick=pick,
+        method=args.method,
+        confidence=args.confidence,
+        ensemble=args.ensemble,
+        calibrate=args.calibrate,
+        pop=args.pop,
+        gens=args.gens,
+        seed=args.seed,
+        restarts=args.restarts,
+        jobs=args.jobs,
+        cache_path=cache_path,
+    )
+    result = replace(result, timings={"load": load_seconds, **result.timings})
+    out = Path(args.out) if args.out else default_run_dir(cache_path, pick)
+    extra = []
+    if not getattr(args, "no_plots", False):
+        from tradeoff import plots
+
+        extra.append(lambda run_dir: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir))
+    report.write_run(out, result, extra=extra)
+    print(report.summary_text(result))
+    written = ", ".join([report.THRESHOLDS_FILE, report.PARETO_FILE, report.SUMMARY_FILE] + ([] if not extra else ["pareto.png", "exits.png"]))
+    print(f"\nwrote {out}/ ({written})")
+    sys.stdout.flush()
+    return 0
