@@ -364,3 +364,70 @@ def test_search_does_not_import_torch(cache_file, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
     assert (tmp_path / "o" / "pareto.png").exists()
+
+
+# --------------------------------------------------------------------------- processes
+def _spawn(cache_file, out, *extra, threads=1):
+    env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg", OMP_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    args = [sys.executable, "-m", "tradeoff", "search", "--cache", str(cache_file), "--target-acc", "0.8",
+            "--out", str(out), "--pop", "20", "--gens", "10", "--no-plots", *extra]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=str(out.parent))
+
+
+def _check_complete(run):
+    """A run directory is complete and self-consistent: the chosen point is a row of pareto.csv."""
+    from tradeoff import report
+
+    thresholds, summary, csv_text = report.read_run(run)
+    columns = report.parse_pareto_csv(csv_text)
+    rows = list(zip(columns["t1"], columns["t2"]))
+    assert tuple(thresholds["thresholds"]) in rows
+    assert summary["chosen"]["thresholds"] == thresholds["thresholds"]
+    return thresholds, summary
+
+
+def test_processes_threads_and_concurrent_writers(cache_file, tmp_path):
+    """1 vs 2 threads give identical bytes; two processes racing for one --out leave one whole run."""
+    procs = [
+        _spawn(cache_file, tmp_path / "one", threads=1),
+        _spawn(cache_file, tmp_path / "two", threads=2),
+        _spawn(cache_file, tmp_path / "race", "--seed", "0", threads=1),
+        _spawn(cache_file, tmp_path / "race", "--seed", "1", threads=2),
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    for name in ("pareto.csv", "thresholds.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    thresholds, summary = _check_complete(tmp_path / "race")
+    if summary["seed"] == 0:
+        assert (tmp_path / "race" / "pareto.csv").read_bytes() == (tmp_path / "one" / "pareto.csv").read_bytes()
+    else:
+        assert summary["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.lock", "race", "race.lock", "two", "two.lock"]
+
+
+def test_sigkill_leaves_the_old_run_or_the_new_one(cache_file, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    proc = _spawn(cache_file, out)
+    assert proc.wait(timeout=120) == 0
+    full = time.perf_counter() - start
+    first = (out / "pareto.csv").read_bytes()
+    rng = np.random.default_rng(0)
+    for fraction in rng.uniform(0.5, 1.1, size=4):
+        proc = _spawn(cache_file, out, "--seed", "1")
+        time.sleep(full * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        _, summary = _check_complete(out)  # always a whole run: the first one or a new one
+        if summary["seed"] == 0:
+            assert (out / "pareto.csv").read_bytes() == first
+    proc = _spawn(cache_file, out, "--seed", "1")
+    assert proc.wait(timeout=120) == 0
+    assert _check_complete(out)[1]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]  # killed runs' temporaries cleaned
