@@ -431,3 +431,29 @@ def test_sigkill_leaves_the_old_run_or_the_new_one(cache_file, tmp_path):
     assert proc.wait(timeout=120) == 0
     assert _check_complete(out)[1]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]  # killed runs' temporaries cleaned
+
+
+def test_train_rows_are_ignored(cache_file):
+    base = load_cache(cache_file)
+    extra = synthetic_cache(300, 10, (0.6, 0.75, 0.85), seed=9)
+    with_train = ExitCache(
+        np.concatenate([extra.logits, base.logits], axis=1),
+        np.concatenate([extra.labels, base.labels]),
+        np.concatenate([np.full(300, "train"), base.split]),
+        base.flops,
+        base.meta,
+    )
+    kw = dict(pick=Pick.from_options(target_acc=0.8), pop=12, gens=3, seed=0)
+    a, b = run_search(base, **kw), run_search(with_train, **kw)
+    assert b.split_sizes == a.split_sizes == {"val": base.split_counts()["val"], "test": base.split_counts()["test"]}
+    assert a.chosen == b.chosen
+    np.testing.assert_array_equal(a.front("nsga").test.accuracy, b.front("nsga").test.accuracy)
+
+
+def test_the_runtime_reader_accepts_the_file(run_dir, cache_file):
+    from tradeoff.fileio import sha256_file
+    from tradeoff.thresholds_file import load_thresholds
+
+    loaded = load_thresholds(run_dir / "thresholds.json", num_exits=3, cache_sha256=sha256_file(cache_file), confidence="maxprob")
+    doc = json.loads((run_dir / "thresholds.json").read_text())
+    assert loaded.thresholds.tolist() == doc["thresholds"] and loaded.temperatures is None

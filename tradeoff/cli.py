@@ -72,13 +72,13 @@ def _add_search(sub) -> None:
     p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy"))
     p.add_argument("--ensemble", action="store_true", help="exit k answers with the mean softmax of exits 1..k")
     p.add_argument("--calibrate", action="store_true", help="fit per-exit temperatures on val")
-    p.add_argument("--pop", type=int, default=100)
-    p.add_argument("--gens", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", help="results directory (default: results/<cache>-<pick>)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--pop", type=int, default=100, help="NSGA-II population size (>= 4; default 100)")
+    p.add_argument("--gens", type=int, default=100, help="NSGA-II generations (>= 1; default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search, random search and bootstrap (default 0)")
+    p.add_argument("--restarts", type=int, default=1, help="independently seeded NSGA-II runs, fronts merged")
+    p.add_argument("--jobs", type=int, default=1, help="processes for --restarts (results do not depend on it)")
+    p.add_argument("--out", help="results directory (default: results/<cache-stem>-<pick>, e.g. results/x-acc0.78)")
+    p.add_argument("--no-plots", action="store_true", help="skip pareto.png and exits.png (redraw later: tradeoff plot)")
     p.set_defaults(func=_cmd_search)
 
 
@@ -91,7 +91,7 @@ def _cmd_search(args) -> int:
 # --------------------------------------------------------------------------- plot
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="redraw pareto.png and exits.png from a results directory")
-    p.add_argument("run", help="results/<run> directory")
+    p.add_argument("run", help="results/<run> directory written by `tradeoff search`")
     p.set_defaults(func=_cmd_plot)
 
 

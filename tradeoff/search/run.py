@@ -26,7 +26,7 @@ import numpy as np
 
 from tradeoff.cache import ExitCache, load_cache
 from tradeoff.fileio import sha256_file
-from tradeoff.policy import CONFIDENCE_MEASURES, Scores, exit_indices, exit_table, score_thresholds
+from tradeoff.policy import CONFIDENCE_MEASURES, ExitTable, Scores, exit_indices, exit_table, score_thresholds
 
 METHODS = ("nsga", "global", "msdnet", "random", "grid")
 GRID_MAX_SEARCHED = 3  # the grid baseline runs when K-1 <= this (at its default resolution)
@@ -366,22 +366,19 @@ def run_search(
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    val, test = cache.select("val"), cache.select("test")
-    K = cache.num_exits
     flops = np.asarray(cache.flops, dtype=np.float64)
+    is_val = cache.split == "val"
 
     temperatures = None
     if calibrate:
         from tradeoff.calibration import fit_temperatures
 
         t0 = time.perf_counter()
-        temperatures = np.asarray(fit_temperatures(val.logits, val.labels), dtype=np.float64)
+        temperatures = np.asarray(fit_temperatures(cache.logits[:, is_val], cache.labels[is_val]), dtype=np.float64)
         timings["calibrate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rule = dict(confidence=confidence, ensemble=bool(ensemble), temperatures=temperatures)
-    val_table = exit_table(val.logits, val.labels, flops, **rule)
-    test_table = exit_table(test.logits, test.labels, flops, **rule)
+    val_table, test_table = _split_tables(cache, confidence=confidence, ensemble=bool(ensemble), temperatures=temperatures)
     timings["table"] = time.perf_counter() - t0
 
     raw = _run_methods(val_table, settings, timings)
@@ -424,7 +421,7 @@ def run_search(
         exit_names=tuple(cache.exit_names),
         flops=flops,
         baseline_flops=float(baseline),
-        split_sizes={"val": val.num_samples, "test": test.num_samples},
+        split_sizes={"val": val_table.num_samples, "test": test_table.num_samples},
         temperatures=None if temperatures is None else tuple(float(t) for t in temperatures),
         fronts=fronts,
         hypervolume_reference=tuple(float(v) for v in reference),
@@ -432,6 +429,28 @@ def run_search(
         exits=exits,
         timings=timings,
     )
+
+
+def _split_tables(cache: ExitCache, **rule) -> tuple[ExitTable, ExitTable]:
+    """The val and test ExitTables, from one pass over the logits.
+
+    The (K, N) table is computed once and its columns split, rather than copying each
+    split's (K, N_split, C) logits first: for a million-sample cache that copy would be
+    the largest allocation of the whole search. Rows of other splits (train) are left
+    out before the pass only when there are any.
+    """
+    split = cache.split
+    keep = (split == "val") | (split == "test")
+    if keep.all():
+        logits, labels, split_kept = cache.logits, cache.labels, split
+    else:
+        logits, labels, split_kept = cache.logits[:, keep], cache.labels[keep], split[keep]
+    table = exit_table(logits, labels, cache.flops, **rule)
+    tables = []
+    for name in ("val", "test"):
+        mask = split_kept == name
+        tables.append(ExitTable(np.ascontiguousarray(table.confidence[:, mask]), np.ascontiguousarray(table.correct[:, mask]), table.flops))
+    return tables[0], tables[1]
 
 
 def _run_methods(table, settings: SearchSettings, timings: dict) -> list[tuple[str, object]]:
