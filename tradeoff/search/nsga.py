@@ -30,7 +30,7 @@ import numpy as np
 from deap import base, tools
 
 from tradeoff.policy import ExitTable
-from tradeoff.search.pareto import FrontResult, front_result, pareto_mask
+from tradeoff.search.pareto import FrontResult, front_result, nondominated_unchecked
 from tradeoff.search.scoring import Scorer, check_table, scorer_for
 
 # Per-exit quantile levels of val confidence used as informed starting points.
@@ -38,9 +38,16 @@ _SEED_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.98)
 
 
 class _Fitness(base.Fitness):
-    """(val accuracy, val mean FLOPs): accuracy maximised, cost minimised."""
+    """(val accuracy, val mean FLOPs): accuracy maximised, cost minimised.
+
+    `__init__` skips base.Fitness's per-instance re-check of the class's `weights`
+    (fixed here): thousands of fitnesses are made per search.
+    """
 
     weights = (1.0, -1.0)
+
+    def __init__(self):
+        pass
 
 
 class _Individual(list):
@@ -64,13 +71,6 @@ def seeded_global_random(seed: int) -> Iterator[None]:
         random.setstate(saved)
 
 
-def _clone(ind: _Individual) -> _Individual:
-    """A cheap copy: new gene list, same (immutable) fitness tuple."""
-    child = _Individual(ind)
-    child.fitness.wvalues = ind.fitness.wvalues
-    return child
-
-
 def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) -> np.ndarray:
     """(pop, K-1) starting points: informed ones first, the rest uniform in [0, 1].
 
@@ -85,6 +85,18 @@ def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) ->
     return np.clip(np.concatenate([informed, uniform]), 0.0, 1.0)
 
 
+def _evaluate(individuals: list, thresholds: np.ndarray, scorer: Scorer, archive: "_Archive") -> int:
+    """Score `thresholds` (the genes of `individuals`) in ONE scorer call; set fitness; feed the archive."""
+    if not individuals:
+        return 0
+    scores = scorer(thresholds)
+    accuracy = np.asarray(scores.accuracy, dtype=np.float64)
+    flops = np.asarray(scores.flops, dtype=np.float64)
+    _set_fitness(individuals, accuracy, flops)
+    archive.add(thresholds, accuracy, flops)
+    return len(individuals)
+
+
 class _Archive:
     """Running non-dominated set of everything scored, in NumPy arrays (older points first)."""
 
@@ -97,22 +109,14 @@ class _Archive:
         t = np.concatenate([self.thresholds, thresholds])
         a = np.concatenate([self.accuracy, accuracy])
         f = np.concatenate([self.flops, flops])
-        keep = pareto_mask(1.0 - a, f)
+        keep = nondominated_unchecked(1.0 - a, f)
         self.thresholds, self.accuracy, self.flops = t[keep], a[keep], f[keep]
 
 
-def _evaluate(individuals: list, scorer: Scorer, archive: _Archive) -> int:
-    """Score all `individuals` in one scorer call, set their fitness, feed the archive."""
-    if not individuals:
-        return 0
-    thresholds = np.array(individuals, dtype=np.float64)
-    scores = scorer(thresholds)
-    accuracy = np.asarray(scores.accuracy, dtype=np.float64)
-    flops = np.asarray(scores.flops, dtype=np.float64)
-    for ind, values in zip(individuals, zip(accuracy.tolist(), flops.tolist())):
-        ind.fitness.values = values
-    archive.add(thresholds, accuracy, flops)
-    return len(individuals)
+def _set_fitness(individuals: list, accuracy: np.ndarray, flops: np.ndarray) -> None:
+    """fitness.values = (accuracy, flops), set as the weighted tuple (acc, -flops) directly (exact)."""
+    for ind, wvalues in zip(individuals, zip(accuracy.tolist(), (-flops).tolist())):
+        ind.fitness.wvalues = wvalues
 
 
 def _select_parents(population: list, k: int) -> list:
@@ -126,20 +130,37 @@ def _select_parents(population: list, k: int) -> list:
     return tools.selTournamentDCD(candidates, len(candidates))[:k]
 
 
-def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> list:
+def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, list]:
     """Children of consecutive parent pairs: SBX with probability cxpb, then mutation.
 
-    A child whose genes came out unchanged keeps its parent's fitness (not re-scored).
+    DEAP's SBX and polynomial mutation treat every gene independently (same bounds for
+    all), so applying each ONCE to the concatenated genes of all pairs / all children is
+    the same operator as one call per pair / per child, at a fraction of the Python
+    overhead. A child whose genes came out unchanged keeps its parent's fitness.
+
+    Returns:
+        (children, the children whose genes changed and need scoring).
     """
-    offspring = [_clone(p) for p in parents]
-    for a, b in zip(offspring[::2], offspring[1::2]):
-        if random.random() <= cxpb:
-            toolbox.mate(a, b)
-    for child, parent in zip(offspring, parents):
-        toolbox.mutate(child)
-        if child != parent:
-            del child.fitness.values
-    return offspring
+    m, dim = len(parents), len(parents[0])
+    crossed = [i for i in range(m // 2) if random.random() <= cxpb]
+    first = [g for i in crossed for g in parents[2 * i]]
+    second = [g for i in crossed for g in parents[2 * i + 1]]
+    if crossed:
+        toolbox.mate(first, second)
+    rows = [list(p) for p in parents]
+    for j, i in enumerate(crossed):
+        rows[2 * i], rows[2 * i + 1] = first[j * dim : (j + 1) * dim], second[j * dim : (j + 1) * dim]
+    flat = [g for row in rows for g in row]
+    toolbox.mutate(flat)
+    children, fresh = [], []
+    for j, parent in enumerate(parents):
+        child = _Individual(flat[j * dim : (j + 1) * dim])
+        if child == parent:
+            child.fitness.wvalues = parent.fitness.wvalues
+        else:
+            fresh.append(child)
+        children.append(child)
+    return children, fresh
 
 
 def _check_options(pop, gens, seed, cx_eta, mut_eta, cxpb, indpb) -> None:
@@ -205,12 +226,13 @@ def nsga2_search(
     archive = _Archive(dim)
     rng = np.random.default_rng(seed)
     with seeded_global_random(int(seed)):
-        population = [_Individual(row) for row in _initial_thresholds(table, pop, rng).tolist()]
-        evaluations = _evaluate(population, score, archive)
+        start_points = _initial_thresholds(table, pop, rng)
+        population = [_Individual(row) for row in start_points.tolist()]
+        evaluations = _evaluate(population, start_points, score, archive)
         population = toolbox.select(population, pop)  # assigns crowding distances
         for _ in range(gens):
-            offspring = _vary(toolbox, toolbox.parents(population, pop), cxpb)
-            evaluations += _evaluate([c for c in offspring if not c.fitness.valid], score, archive)
+            offspring, fresh = _vary(toolbox, toolbox.parents(population, pop), cxpb)
+            evaluations += _evaluate(fresh, np.array(fresh, dtype=np.float64).reshape(-1, dim), score, archive)
             population = toolbox.select(population + offspring, pop)
     return front_result(
         archive.thresholds, archive.accuracy, archive.flops,

@@ -123,6 +123,11 @@ def pareto_mask(error, cost) -> np.ndarray:
         (P,) bool mask of the non-dominated points. O(P log P).
     """
     error, cost = _objectives(error, cost, ("error", "cost"))
+    return nondominated_unchecked(error, cost)
+
+
+def nondominated_unchecked(error: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """`pareto_mask` without input checks, for inner loops on arrays already validated."""
     mask = np.zeros(error.shape[0], dtype=bool)
     if error.size == 0:
         return mask
