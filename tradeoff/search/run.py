@@ -454,28 +454,31 @@ def _split_tables(cache: ExitCache, **rule) -> tuple[ExitTable, ExitTable]:
 
 
 def _run_methods(table, settings: SearchSettings, timings: dict) -> list[tuple[str, object]]:
-    """Every method's FrontResult on the val table, NSGA-II first."""
+    """Every method's FrontResult on the val table, NSGA-II first (seconds into `timings`)."""
+    from tqdm.auto import tqdm
+
     from tradeoff.search import baselines, nsga
 
-    out = []
-    t0 = time.perf_counter()
-    if settings.restarts > 1:
-        ga = nsga.restart_search(
-            table, restarts=settings.restarts, jobs=settings.jobs, seed=settings.seed, pop=settings.pop, gens=settings.gens
-        )
-    else:
-        ga = nsga.nsga2_search(table, pop=settings.pop, gens=settings.gens, seed=settings.seed)
-    timings["nsga"] = time.perf_counter() - t0
-    out.append(("nsga", ga))
+    def ga():
+        if settings.restarts > 1:
+            return nsga.restart_search(
+                table, restarts=settings.restarts, jobs=settings.jobs, seed=settings.seed, pop=settings.pop, gens=settings.gens
+            )
+        return nsga.nsga2_search(table, pop=settings.pop, gens=settings.gens, seed=settings.seed)
+
     runs = [
+        ("nsga", ga),
         ("global", lambda: baselines.global_threshold_search(table)),
         ("msdnet", lambda: baselines.msdnet_budget_search(table)),
-        ("random", lambda: baselines.random_search(table, ga.evaluations, settings.seed)),
+        # Random search gets exactly NSGA-II's budget, so it runs after it.
+        ("random", lambda: baselines.random_search(table, out[0][1].evaluations, settings.seed)),
     ]
-    searched = table.num_exits - 1
-    if searched <= GRID_MAX_SEARCHED:
+    if table.num_exits - 1 <= GRID_MAX_SEARCHED:
         runs.append(("grid", lambda: baselines.grid_search(table)))
-    for name, run in runs:
+    out: list[tuple[str, object]] = []
+    bar = tqdm(runs, desc="search", unit="method", disable=None, leave=False, file=sys.stderr)
+    for name, run in bar:
+        bar.set_postfix_str(name)
         t0 = time.perf_counter()
         out.append((name, run()))
         timings[name] = time.perf_counter() - t0
