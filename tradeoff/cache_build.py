@@ -7,6 +7,7 @@ The NumPy half of the format (validation, reading, atomic writing) is `tradeoff.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -237,30 +238,54 @@ def assemble_cache(logits: np.ndarray, dataset, costs, *, model=None, meta: dict
 
 # --------------------------------------------------------------------------- the command
 def cache_command(args) -> int:
-    """`tradeoff cache`: checkpoint + data -> cache file, reused when it already exists."""
+    """`tradeoff cache`: checkpoint + data -> cache file, reused when it already exists.
+
+    Under torchrun every process runs this; each step ends with all processes agreeing
+    (one failure fails them all), and on failure each says why before any exits, since
+    torchrun ends the others as soon as one process is gone.
+    """
+    ctx = shard.detect_torchrun()
+    check_options(batch_size=args.batch_size, device=args.device, logits_dtype=args.logits_dtype)
+    if ctx is None:
+        return _cache(args, None, args.device)
+    with shard.process_group(ctx, args.device) as device:
+        try:
+            return _cache(args, ctx, device)
+        except (ValueError, TypeError, OSError, RuntimeError) as exc:
+            print(f"tradeoff cache: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
+                  flush=True)
+            shard.barrier(ctx, device)
+            return 1
+
+
+def _cache(args, ctx, device: str) -> int:
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
     from tradeoff.flops import exit_costs
 
-    ctx = shard.detect_torchrun()
     main = ctx is None or ctx.is_main
-    check_options(batch_size=args.batch_size, device=args.device, logits_dtype=args.logits_dtype)
-    loaded = load_checkpoint(
-        args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint, map_location="cpu"
-    )
-    spec = args.data or loaded.data or "digits"
-    splits = ("train", "val", "test") if args.include_train else ("val", "test")
-    dataset = load_data(spec, splits=splits)
-    out = Path(args.out) if args.out else DEFAULT_CACHE_DIR / f"{Path(args.ckpt).stem}-{dataset.name}.npz"
-    key = {
-        "arch": loaded.arch,
-        "arch_kwargs": loaded.arch_kwargs,
-        "checkpoint_sha256": loaded.sha256,
-        "data_fingerprint": dataset.fingerprint,
-        "logits_dtype": args.logits_dtype,
-        "splits": sorted(splits_present(dataset)),
-    }
-    existing = existing_cache(out, key, ckpt=args.ckpt, verbose=main)
+    with shard.step(ctx, device):
+        loaded = load_checkpoint(
+            args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint, map_location="cpu"
+        )
+        spec = args.data or loaded.data or "digits"
+        splits = ("train", "val", "test") if args.include_train else ("val", "test")
+        dataset = load_data(spec, splits=splits)
+        out = Path(args.out) if args.out else DEFAULT_CACHE_DIR / f"{Path(args.ckpt).stem}-{dataset.name}.npz"
+        key = {
+            "arch": loaded.arch,
+            "arch_kwargs": loaded.arch_kwargs,
+            "checkpoint_sha256": loaded.sha256,
+            "data_fingerprint": dataset.fingerprint,
+            "logits_dtype": args.logits_dtype,
+            "splits": sorted(splits_present(dataset)),
+        }
+        existing = existing_cache(out, key, ckpt=args.ckpt, verbose=main)
+        if existing is None:
+            rows = [(0, len(dataset))] if ctx is None else shard.rank_rows(len(dataset), args.batch_size, ctx.world_size)
+            # One sample first: a model that does not fit the data fails here, in data
+            # terms, before fvcore traces it.
+            predict_exits(loaded.model, dataset, rows=(0, 1), batch_size=1, device=device, progress=False)
     if existing is not None:
         if main:
             print(f"reusing {out}: it already holds this checkpoint's logits on {dataset.name} (same sha256, "
@@ -275,63 +300,42 @@ def cache_command(args) -> int:
         "logits_dtype": args.logits_dtype,
         "batch_size": int(args.batch_size),
         "device": str(args.device),
+        "world_size": 1 if ctx is None else ctx.world_size,
     }
     model = loaded.model
-    # One sample first: a model that does not fit the data fails here in data terms,
-    # before fvcore traces it.
-    predict_exits(model, dataset, rows=(0, 1), batch_size=1, device=args.device, progress=False)
     if ctx is None:
         costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
         started = time.perf_counter()
-        cache = build_cache(model, dataset, costs, batch_size=args.batch_size, device=args.device,
-                            logits_dtype=args.logits_dtype, progress=True, meta={**meta, "world_size": 1})
+        cache = build_cache(model, dataset, costs, batch_size=args.batch_size, device=device,
+                            logits_dtype=args.logits_dtype, progress=True, meta=meta)
         seconds = time.perf_counter() - started
         write_cache(out, cache)
         where = ""
     else:
-        cache, seconds = _cache_sharded(ctx, model, dataset, args, out, key, meta)
-        if cache is None:
+        busy = sum(stop > start for start, stop in rows)
+        if main and busy < ctx.world_size:
+            print(f"note: only {busy} of {ctx.world_size} processes have a batch at --batch-size "
+                  f"{args.batch_size}; lower --batch-size to use them all", file=sys.stderr)
+
+        def compute(start, stop):
+            return predict_exits(model, dataset, rows=(start, stop), batch_size=args.batch_size, device=device,
+                                 logits_dtype=args.logits_dtype, progress=main)
+
+        started = time.perf_counter()
+        logits = shard.run_sharded(ctx, compute, rows, out, json.dumps(key, sort_keys=True), device=device)
+        seconds = time.perf_counter() - started
+        with shard.step(ctx, device):
+            if main:
+                costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
+                cache = assemble_cache(logits, dataset, costs, model=model, meta=meta)
+                write_cache(out, cache)
+        if not main:
             return 0
         where = f" on {ctx.world_size} processes"
     print(f"cached {cache.num_samples} rows{where} in {seconds:.2f} s ({cache.num_samples / seconds:.1f} img/s)")
     print(exit_summary_table(cache))
     print(f"wrote {out}")
     return 0
-
-
-def _cache_sharded(ctx, model, dataset, args, out: Path, key: dict, meta: dict) -> tuple[ExitCache | None, float]:
-    """The torchrun path: every rank computes its block; rank 0 merges, writes and returns
-    the cache (None elsewhere) with the seconds from the start of computing until every
-    shard was written and merged."""
-    import json
-
-    from tradeoff.flops import exit_costs
-
-    rows = shard.rank_rows(len(dataset.y), args.batch_size, ctx.world_size)
-    busy = sum(stop > start for start, stop in rows)
-    if ctx.is_main and busy < ctx.world_size:
-        print(f"note: only {busy} of {ctx.world_size} processes have a batch at --batch-size {args.batch_size}; "
-              "lower --batch-size to use them all", file=sys.stderr)
-    run_key = json.dumps(key, sort_keys=True)
-    with shard.process_group(ctx, args.device) as device:
-        def compute(start, stop):
-            return predict_exits(model, dataset, rows=(start, stop), batch_size=args.batch_size, device=device,
-                                 logits_dtype=args.logits_dtype, progress=ctx.is_main)
-
-        started = time.perf_counter()
-        logits = shard.run_sharded(ctx, compute, rows, out, run_key, device=device)
-        seconds = time.perf_counter() - started
-        error, cache = None, None
-        if ctx.is_main:
-            try:
-                costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
-                cache = assemble_cache(logits, dataset, costs, model=model,
-                                       meta={**meta, "world_size": ctx.world_size})
-                write_cache(out, cache)
-            except (ValueError, TypeError, OSError, RuntimeError) as exc:
-                error = exc
-        shard.agree(ctx, error, device)
-    return cache, seconds
 
 
 def splits_present(dataset) -> set[str]:

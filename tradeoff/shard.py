@@ -185,6 +185,33 @@ def agree(ctx: DistContext, error: BaseException | None, device: str = "cpu") ->
             raise RuntimeError(f"process {rank} of {ctx.world_size} failed: {text}")
 
 
+@contextlib.contextmanager
+def step(ctx: DistContext | None, device: str = "cpu") -> Iterator[None]:
+    """Run a block on every rank and leave it together: if any rank failed, all raise.
+
+    Every rank passes the same sequence of steps, so collectives always match, even when
+    only one rank met bad data. Without a torchrun context this is a no-op.
+    """
+    if ctx is None:
+        yield
+        return
+    try:
+        yield
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        agree(ctx, exc, device)
+        raise  # pragma: no cover - agree re-raises exc
+    agree(ctx, None, device)
+
+
+def barrier(ctx: DistContext, device: str = "cpu") -> None:
+    """Wait for every rank, ignoring a broken job (used on the way out after an error)."""
+    import torch
+    import torch.distributed as dist
+
+    with contextlib.suppress(RuntimeError, ValueError):
+        dist.all_reduce(torch.zeros(1, device=device))
+
+
 def run_sharded(
     ctx: DistContext,
     compute: Callable[[int, int], np.ndarray],
@@ -206,15 +233,11 @@ def run_sharded(
     """
     start, stop = rows[ctx.rank]
     path = shard_path(out, ctx.rank, ctx.world_size)
-    error = None
     try:
-        block = compute(start, stop) if stop > start else np.zeros((0, 0, 0), np.float32)
-        write_shard(path, block, (start, stop), key)
-        del block
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        error = exc
-    try:
-        agree(ctx, error, device)
+        with step(ctx, device):
+            block = compute(start, stop) if stop > start else np.zeros((0, 0, 0), np.float32)
+            write_shard(path, block, (start, stop), key)
+            del block
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
