@@ -127,15 +127,20 @@ def _cmd_train(args) -> int:
 # --------------------------------------------------------------------------- run
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="real early-exit inference with chosen thresholds; measured latency")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, help="the checkpoint the thresholds were searched for")
     p.add_argument("--thresholds", required=True, help="results/<run>/thresholds.json")
-    p.add_argument("--arch")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--data")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", help="JSON file for the measurements")
-    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
+    p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
+    p.add_argument("--data", help="data whose test split is run (default: the checkpoint's, else digits)")
+    p.add_argument("--cache", help="the cache the thresholds came from: checked by sha256, and the runtime's "
+                                   "exits compared with the exit rule on its test logits")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per forward call (default 1: deployment latency)")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes over the split; the median is reported")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: batch-1 latency is steadiest on one core)")
+    p.add_argument("--out", help="JSON file for the measurements (default: <thresholds dir>/run-b<batch>.json)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
     p.set_defaults(func=_cmd_run)
 
 

@@ -3,9 +3,9 @@
 `EarlyExitModel` walks a model's `stages()` (models/base.py): section k runs only on the
 samples still in flight, head k scores them, the confident ones leave and the batch
 shrinks, so no sample ever pays for a section deeper than its exit. Where a sample
-leaves is decided by the very NumPy functions the search scored with
-(`policy.softmax` + `policy.confidence_of`, float64, with the same temperatures and
-ensemble rule), applied to the head's logits: a float32 torch softmax could round a
+leaves is decided by the very NumPy function the cache's exit table is built with
+(`policy.exit_outputs`: float64 softmax, the same temperatures and ensemble rule,
+`confidence_of`), applied to the head's logits: a float32 torch softmax could round a
 confidence to the other side of a threshold that the search put exactly on it (a
 quantile of the val confidences, say). On these small (n, C) arrays NumPy is also
 cheaper per call than torch, which matters at batch size 1.
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tradeoff.policy import CONFIDENCE_MEASURES, confidence_of, softmax
+from tradeoff.policy import CONFIDENCE_MEASURES, exit_outputs
 
 
 class EarlyExitOutput(NamedTuple):
@@ -112,7 +112,7 @@ class EarlyExitModel(nn.Module):
         self._heads = [stage[1] for stage in stages]
         # NumPy float64 scalars, exactly what exit_table divides by and compares with.
         self._thresholds = list(t) + [None]
-        self._temps = list(temps)
+        self._temps = temps
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -124,13 +124,21 @@ class EarlyExitModel(nn.Module):
             raise ValueError("EarlyExitModel is for inference only; train the wrapped model itself")
         return super().train(False)
 
-    def _probs(self, k: int, logits: torch.Tensor, running):
-        """(n, C) float64 probabilities exit k answers with, and the new ensemble sum."""
-        probs = softmax(logits.numpy(), self._temps[k])
-        if self.ensemble:
-            running = probs if running is None else running + probs
-            probs = running / (k + 1)
-        return probs, running
+    def _decide(self, k: int, logits: torch.Tensor, history: list | None):
+        """Confidence (n,) and answer (n,) of exit k for the samples in flight.
+
+        `policy.exit_outputs` is the one definition the cache's `exit_table` uses too.
+        With `ensemble`, `history` holds the earlier exits' logits of these samples
+        (exit k's is appended), since exit k answers with the mean softmax of 1..k.
+        """
+        logits = logits.numpy()
+        if history is None:
+            conf, pred = exit_outputs(logits[None], confidence=self.confidence, temperatures=self._temps[k : k + 1])
+        else:
+            history.append(logits)
+            conf, pred = exit_outputs(np.stack(history), confidence=self.confidence, ensemble=True,
+                                      temperatures=self._temps[: k + 1])
+        return conf[-1], pred[-1]
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> EarlyExitOutput:
@@ -145,17 +153,16 @@ class EarlyExitModel(nn.Module):
         predictions = np.empty(n, dtype=np.int64)
         exits = np.empty(n, dtype=np.int64)
         alive = np.arange(n)  # original row of each sample still in flight
-        running = None
+        history = [] if self.ensemble else None
         last = self.num_exits - 1
         for k in range(self.num_exits):
             x = self._sections[k](x)
-            probs, running = self._probs(k, self._heads[k](x), running)
-            answer = probs.argmax(axis=-1)
+            conf, answer = self._decide(k, self._heads[k](x), history)
             if k == last:
                 predictions[alive] = answer
                 exits[alive] = k
                 break
-            leave = confidence_of(probs, self.confidence) >= self._thresholds[k]
+            leave = conf >= self._thresholds[k]
             if leave.any():
                 gone = alive[leave]
                 predictions[gone] = answer[leave]
@@ -165,19 +172,19 @@ class EarlyExitModel(nn.Module):
                     break
                 alive = alive[stay]
                 x = x.index_select(0, torch.from_numpy(stay))
-                if running is not None:
-                    running = running[stay]
+                if history is not None:
+                    history = [h[stay] for h in history]
         return EarlyExitOutput(torch.from_numpy(predictions), torch.from_numpy(exits))
 
     def _forward_one(self, x: torch.Tensor) -> EarlyExitOutput:
         """Batch size 1: no masks, no index bookkeeping; stop at the first confident exit."""
-        running = None
+        history = [] if self.ensemble else None
         last = self.num_exits - 1
         for k in range(self.num_exits):
             x = self._sections[k](x)
-            probs, running = self._probs(k, self._heads[k](x), running)
-            if k == last or confidence_of(probs, self.confidence)[0] >= self._thresholds[k]:
-                return EarlyExitOutput(torch.tensor([int(probs[0].argmax())]), torch.tensor([k]))
+            conf, answer = self._decide(k, self._heads[k](x), history)
+            if k == last or conf[0] >= self._thresholds[k]:
+                return EarlyExitOutput(torch.tensor([int(answer[0])]), torch.tensor([k]))
         raise AssertionError("unreachable: the deepest exit always answers")  # pragma: no cover
 
     @torch.inference_mode()
@@ -294,3 +301,241 @@ def run_early_exit(runner: EarlyExitModel, x, *, batch_size: int = 256) -> tuple
         preds.append(out.predictions.numpy())
         exits.append(out.exits.numpy())
     return np.concatenate(preds), np.concatenate(exits)
+
+
+@dataclass(frozen=True)
+class RuntimeReport:
+    """One real early-exit run over a data split: what it got, where samples left, how fast.
+
+    Attributes:
+        accuracy: fraction of samples answered correctly by the early-exit runner.
+        exit_fractions: (K,) fraction of samples leaving at each exit; sums to 1.
+        exits: (N,) int64 exit of each sample; predictions: (N,) int64 its answer.
+        flops: (K,) cumulative cost of leaving at exit k (fvcore count, `exit_costs`).
+        baseline_flops: the original single-exit network's cost (fvcore count).
+        latency: the side-by-side timing (`Latency`), or None when not timed.
+    """
+
+    accuracy: float
+    exit_fractions: np.ndarray
+    exits: np.ndarray
+    predictions: np.ndarray
+    flops: np.ndarray
+    baseline_flops: float
+    latency: Latency | None
+
+    @property
+    def mean_flops(self) -> float:
+        """Mean cost per sample of the exits actually taken (fvcore count)."""
+        return float(self.exit_fractions @ self.flops)
+
+    @property
+    def predicted_speedup(self) -> float:
+        """What the FLOPs promise: baseline_flops / mean cost of the exits taken."""
+        return self.baseline_flops / self.mean_flops
+
+    @property
+    def measured_speedup(self) -> float | None:
+        return None if self.latency is None else self.latency.measured_speedup
+
+    @property
+    def realised_fraction(self) -> float | None:
+        """measured / predicted speed-up: how much of the FLOPs promise survives in seconds."""
+        return None if self.latency is None else self.measured_speedup / self.predicted_speedup
+
+
+def evaluate_runtime(runner: EarlyExitModel, x, y, *, flops, baseline_flops: float, batch_size: int = 1,
+                     repeats: int = 5, warmup: int = 1, progress: bool = False) -> RuntimeReport:
+    """Run `runner` over (x, y) for its answers, then time it against the deepest exit.
+
+    Args:
+        runner: the early-exit model.
+        x: (N, ...) inputs; y: (N,) int labels.
+        flops: (K,) cumulative per-exit costs; baseline_flops: the single-exit network's.
+        batch_size: samples per forward call, for both the answers and the timing.
+        repeats: timed passes (median reported); 0 skips timing (latency None).
+        warmup: untimed passes before timing.
+        progress: tqdm bars to stderr.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x
+    if x.shape[0] != y.shape[0] or y.shape[0] == 0:
+        raise ValueError(f"need as many labels as inputs, at least one; got {x.shape[0]} inputs, {y.shape[0]} labels")
+    flops = np.asarray(flops, dtype=np.float64)
+    if flops.shape != (runner.num_exits,):
+        raise ValueError(f"flops must have one cost per exit, shape ({runner.num_exits},); got {flops.shape}")
+    predictions, exits = run_early_exit(runner, x, batch_size=batch_size)
+    fractions = np.bincount(exits, minlength=runner.num_exits) / exits.size
+    latency = None
+    if repeats:
+        latency = measure_latency(runner, x, batch_size=batch_size, repeats=repeats, warmup=warmup, progress=progress)
+    return RuntimeReport(
+        accuracy=float(np.mean(predictions == y)),
+        exit_fractions=fractions,
+        exits=exits,
+        predictions=predictions,
+        flops=flops,
+        baseline_flops=float(baseline_flops),
+        latency=latency,
+    )
+
+
+def report_document(report: RuntimeReport, **context) -> dict:
+    """The JSON-safe record of a run (`tradeoff run --out`), plus `context` entries."""
+    doc = {
+        "accuracy": report.accuracy,
+        "exit_fractions": [float(f) for f in report.exit_fractions],
+        "exit_counts": np.bincount(report.exits, minlength=report.exit_fractions.size).tolist(),
+        "num_samples": int(report.exits.size),
+        "flops": [float(f) for f in report.flops],
+        "mean_flops": report.mean_flops,
+        "baseline_flops": report.baseline_flops,
+        "predicted_speedup": report.predicted_speedup,
+        "latency_ms": None,
+        "baseline_latency_ms": None,
+        "measured_speedup": None,
+        "realised_fraction": None,
+    }
+    if report.latency is not None:
+        lat = report.latency
+        doc.update(
+            latency_ms=lat.latency_ms,
+            baseline_latency_ms=lat.baseline_latency_ms,
+            measured_speedup=lat.measured_speedup,
+            realised_fraction=report.realised_fraction,
+            latency_passes_ms=list(lat.passes_ms),
+            baseline_latency_passes_ms=list(lat.baseline_passes_ms),
+            batch_size=lat.batch_size,
+        )
+    doc.update(context)
+    return doc
+
+
+def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=None, search_test: dict | None = None) -> str:
+    """Two terminal tables: where samples left, then accuracy / latency / speed-up."""
+    from tradeoff.report import format_table
+
+    K = report.flops.size
+    names = list(exit_names) if exit_names and len(exit_names) == K else [f"exit{k + 1}" for k in range(K)]
+    counts = np.bincount(report.exits, minlength=K)
+    expected = (search_test or {}).get("exit_fractions")
+    expected = expected if isinstance(expected, list) and len(expected) == K else [None] * K
+    rows = [
+        (names[k], None if k == K - 1 else float(thresholds[k]), int(counts[k]), float(report.exit_fractions[k]),
+         expected[k], report.flops[k] / 1e6)
+        for k in range(K)
+    ]
+    exits = format_table(rows, ("exit", "threshold", "samples", "fraction", "search (test)", "MFLOPs"),
+                         title="where the samples left")
+    lat = report.latency
+    summary = [
+        ("accuracy", report.accuracy, (search_test or {}).get("accuracy")),
+        ("mean cost (MFLOPs)", report.mean_flops / 1e6, None),
+        ("baseline cost (MFLOPs)", report.baseline_flops / 1e6, None),
+        ("predicted speed-up (FLOPs)", report.predicted_speedup, (search_test or {}).get("speedup")),
+    ]
+    if lat is not None:
+        summary += [
+            (f"latency ms/sample (batch {lat.batch_size})", lat.latency_ms, None),
+            ("baseline latency ms/sample", lat.baseline_latency_ms, None),
+            ("measured speed-up", lat.measured_speedup, None),
+            ("measured / predicted", report.realised_fraction, None),
+        ]
+    return exits + "\n\n" + format_table(summary, ("", "this run", "search (test)"), float_format="{:.4g}")
+
+
+def run_command(args) -> int:
+    """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
+    from tradeoff.checkpoint import load_checkpoint
+    from tradeoff.data import load_data
+    from tradeoff.fileio import sha256_file, write_json_atomic
+    from tradeoff.flops import exit_costs
+    from tradeoff.thresholds_file import load_thresholds
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1; got {args.repeats}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1; got {args.threads}")
+    torch.set_num_threads(args.threads)
+    loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
+    K = len(model_stages(loaded.model))
+    cache_sha = None
+    if args.cache:
+        if not Path(args.cache).is_file():
+            raise FileNotFoundError(f"--cache {args.cache} does not exist; pass the cache the thresholds were searched on")
+        cache_sha = sha256_file(args.cache)
+    tf = load_thresholds(args.thresholds, num_exits=K, cache_sha256=cache_sha, checkpoint_sha256=loaded.sha256)
+    spec = args.data or loaded.data or "digits"
+    data = load_data(spec, splits=("test",))
+    if data.y.max() >= loaded.num_classes:
+        raise ValueError(
+            f"--data {spec} has labels up to {int(data.y.max())} but the model has {loaded.num_classes} classes; "
+            "pass the data the model was trained for"
+        )
+    costs = exit_costs(loaded.model, data.input_shape)
+    runner = EarlyExitModel(loaded.model, tf.thresholds, confidence=tf.confidence, ensemble=tf.ensemble,
+                            temperatures=tf.temperatures)
+    report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
+                              batch_size=args.batch_size, repeats=args.repeats, progress=True)
+    agreement = _cache_agreement(args.cache, tf, data.y, report) if args.cache else None
+    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
+    doc = report_document(
+        report,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        repeats=args.repeats,
+        thresholds=[float(t) for t in tf.thresholds],
+        confidence=tf.confidence,
+        ensemble=tf.ensemble,
+        thresholds_file=str(tf.path),
+        checkpoint=str(loaded.path),
+        checkpoint_sha256=loaded.sha256,
+        arch=loaded.arch,
+        data=spec,
+        split="test",
+        data_fingerprint=data.fingerprint,
+        search_test=tf.test,
+        cache_agreement=agreement,
+        torch_version=torch.__version__,
+    )
+    write_json_atomic(out, doc)
+    print(report_table(report, tf.thresholds, search_test=tf.test))
+    if agreement is not None:
+        print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
+              f"{agreement['predictions']:.2%} of answers")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _cache_agreement(cache_path, tf, labels: np.ndarray, report: RuntimeReport) -> dict:
+    """How often the runtime's exits and answers equal the exit rule on the cached test logits.
+
+    Differences can only come from float32 rounding: a convolution's result depends at
+    the last bit on the batch it ran in, so a confidence within ~1e-7 of a threshold can
+    fall on either side.
+    """
+    from tradeoff.cache import load_cache
+    from tradeoff.policy import exit_indices, exit_table
+
+    test = load_cache(cache_path).select("test")
+    if not np.array_equal(test.labels, labels):
+        raise ValueError(
+            f"--cache {cache_path}: its test split ({test.num_samples} rows) is not the --data test split "
+            f"({labels.size} rows) in the same order; pass the data the cache was built from"
+        )
+    table = exit_table(test.logits, test.labels, test.flops, confidence=tf.confidence, ensemble=tf.ensemble,
+                       temperatures=tf.temperatures)
+    exits = exit_indices(table, tf.thresholds)
+    probs_answer = _cached_answers(test.logits, exits, tf)
+    return {
+        "exits": float(np.mean(exits == report.exits)),
+        "predictions": float(np.mean(probs_answer == report.predictions)),
+    }
+
+
+def _cached_answers(logits: np.ndarray, exits: np.ndarray, tf) -> np.ndarray:
+    """The answer each sample gets at its exit from cached (K, N, C) logits."""
+    _, pred = exit_outputs(logits, confidence=tf.confidence, ensemble=tf.ensemble, temperatures=tf.temperatures)
+    return pred[exits, np.arange(exits.size)]

@@ -1,0 +1,342 @@
+"""The early-exit runtime repeats the exit rule exactly, never runs past a sample's exit,
+and `tradeoff run` reports what it measured. No timing is asserted here (benchmarks/ does)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tradeoff.cache import ExitCache, make_meta, write_cache
+from tradeoff.checkpoint import save_checkpoint
+from tradeoff.cli import main
+from tradeoff.data import load_data
+from tradeoff.fileio import sha256_file
+from tradeoff.models import create_model
+from tradeoff.models.base import MultiExitNet, Stage
+from tradeoff.policy import exit_indices, exit_table
+from tradeoff.runtime import (
+    EarlyExitModel,
+    Latency,
+    evaluate_runtime,
+    measure_latency,
+    model_stages,
+    report_document,
+    run_early_exit,
+)
+
+K = 3  # scan_small's exits
+
+
+def _decisive_scan_small(seed: int = 0) -> nn.Module:
+    """A seeded random scan_small whose heads are scaled up so confidences spread over [0, 1]."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create_model("scan_small", num_classes=10)
+    with torch.no_grad():
+        for _, head in model.stages():
+            for module in head.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.mul_(60.0)
+                    module.bias.mul_(60.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _decisive_scan_small()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_data("digits", splits=("test",))
+    return torch.from_numpy(data.x), data.y
+
+
+@pytest.fixture(scope="module")
+def full_logits(model, digits):
+    """(K, N, C) logits of the plain full-batch forward, as a cache would hold them."""
+    x, _ = digits
+    with torch.inference_mode():
+        return np.stack([out.numpy() for out in model(x)])
+
+
+def _reference(logits, labels, thresholds, **policy):
+    """Exits and answers by the exit rule on cached logits (the search's view)."""
+    table = exit_table(logits, labels, np.arange(1.0, logits.shape[0] + 1), **policy)
+    exits = exit_indices(table, np.asarray(thresholds, dtype=np.float64))
+    from tradeoff.policy import exit_outputs
+
+    _, pred = exit_outputs(logits, **policy)
+    return exits, pred[exits, np.arange(exits.size)], table.confidence
+
+
+def _safe_thresholds(confidence: np.ndarray, quantiles) -> list[np.ndarray]:
+    """Threshold vectors placed midway in gaps of the observed confidences (>= 1e-6 wide).
+
+    Float32 logits differ in the last bit between batch sizes (oneDNN and GEMM kernels
+    are chosen per shape), so a confidence within ~1e-8 of a threshold could fall on
+    either side; these thresholds keep every sample clear of that.
+    """
+    vectors = []
+    for q in quantiles:
+        t = []
+        for k in range(confidence.shape[0] - 1):
+            values = np.unique(confidence[k])
+            gaps = np.flatnonzero(np.diff(values) > 1e-6)
+            i = gaps[np.argmin(np.abs(gaps - q * (values.size - 1)))]
+            t.append((values[i] + values[i + 1]) / 2)
+        vectors.append(np.array(t))
+    return vectors
+
+
+POLICIES = [
+    {"confidence": "maxprob"},
+    {"confidence": "margin"},
+    {"confidence": "entropy"},
+    {"confidence": "maxprob", "ensemble": True},
+    {"confidence": "margin", "ensemble": True, "temperatures": np.array([0.5, 2.0, 1.3])},
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: "-".join(str(v) for v in p.values())[:40])
+def test_batch_runtime_equals_exit_rule_on_cached_logits(model, digits, full_logits, policy):
+    x, y = digits
+    _, _, conf = _reference(full_logits, y, np.zeros(K - 1), **policy)
+    vectors = [np.zeros(K - 1), np.ones(K - 1), np.array([0.0, 1.0]), np.array([1.0, 0.0])]
+    vectors += _safe_thresholds(conf, (0.2, 0.5, 0.8))
+    seen_exits = set()
+    for t in vectors:
+        exits, answers, _ = _reference(full_logits, y, t, **policy)
+        runner = EarlyExitModel(model, t, **policy)
+        for batch_size in (64, 360):
+            preds, got_exits = run_early_exit(runner, x, batch_size=batch_size)
+            np.testing.assert_array_equal(got_exits, exits, err_msg=f"exits, t={t}, batch {batch_size}")
+            np.testing.assert_array_equal(preds, answers, err_msg=f"answers, t={t}, batch {batch_size}")
+        seen_exits.update(np.unique(exits).tolist())
+    assert seen_exits == {0, 1, 2}  # the vectors really exercise every exit
+
+
+@pytest.mark.parametrize("policy", POLICIES[:1] + POLICIES[3:], ids=lambda p: "-".join(str(v) for v in p.values())[:40])
+def test_batch_one_equals_batch_64(model, digits, full_logits, policy):
+    x, y = digits
+    x = x[:150]
+    _, _, conf = _reference(full_logits[:, :150], y[:150], np.zeros(K - 1), **policy)
+    seen = set()
+    for t in _safe_thresholds(conf, (0.3, 0.7)) + [np.array([0.0, 1.0])]:
+        runner = EarlyExitModel(model, t, **policy)
+        one = run_early_exit(runner, x, batch_size=1)
+        many = run_early_exit(runner, x, batch_size=64)
+        np.testing.assert_array_equal(one[1], many[1])
+        np.testing.assert_array_equal(one[0], many[0])
+        seen.update(one[1].tolist())
+    assert seen == {0, 1, 2}
+
+
+@pytest.mark.parametrize("policy", [POLICIES[0], POLICIES[1], POLICIES[4]], ids=("maxprob", "margin", "ens-temp"))
+def test_exact_ties_and_near_ties_at_batch_one(model, digits, policy):
+    """Thresholds ON observed confidences (and one ulp either side): the same bits decide.
+
+    At batch 1 the runtime's logits are those of model(x[i:i+1]); the exit rule on those
+    very logits must agree sample for sample, including confidence == threshold (leaves).
+    """
+    x, y = digits
+    x, y = x[:80], y[:80]
+    with torch.inference_mode():
+        per_sample = [[out.numpy() for out in model(x[i : i + 1])] for i in range(80)]
+    logits = np.stack([np.concatenate(rows) for rows in zip(*per_sample)])
+    _, _, conf = _reference(logits, y, np.zeros(K - 1), **policy)
+    for i in (3, 17, 40, 61):
+        on = conf[: K - 1, i].copy()
+        for t in (on, np.nextafter(on, 2.0), np.nextafter(on, -1.0)):
+            exits, answers, _ = _reference(logits, y, t, **policy)
+            preds, got = run_early_exit(EarlyExitModel(model, t, **policy), x, batch_size=1)
+            np.testing.assert_array_equal(got, exits)
+            np.testing.assert_array_equal(preds, answers)
+        # the tie itself leaves at exit 1; one ulp above it does not
+        assert run_early_exit(EarlyExitModel(model, on, **policy), x[i : i + 1], batch_size=1)[1][0] == 0
+        above = np.nextafter(on, 2.0)
+        assert run_early_exit(EarlyExitModel(model, above, **policy), x[i : i + 1], batch_size=1)[1][0] != 0
+
+
+def test_sections_run_only_on_samples_in_flight(model, digits, full_logits):
+    x, y = digits
+    rows_seen = [0] * K
+    hooks = [
+        stage.section.register_forward_hook(lambda mod, inp, out, k=k: rows_seen.__setitem__(k, rows_seen[k] + inp[0].shape[0]))
+        for k, stage in enumerate(model.stages())
+    ]
+    try:
+        _, _, conf = _reference(full_logits, y, np.zeros(K - 1))
+        t = _safe_thresholds(conf, (0.5,))[0]
+        exits, _, _ = _reference(full_logits, y, t)
+        run_early_exit(EarlyExitModel(model, t), x, batch_size=64)
+        # section k runs exactly on the samples whose exit is k or deeper
+        assert rows_seen == [int(np.sum(exits >= k)) for k in range(K)]
+        assert rows_seen[1] < rows_seen[0] and rows_seen[2] < rows_seen[1]
+        rows_seen[:] = [0] * K
+        run_early_exit(EarlyExitModel(model, np.zeros(K - 1)), x, batch_size=64)
+        assert rows_seen == [x.shape[0], 0, 0]
+        rows_seen[:] = [0] * K
+        run_early_exit(EarlyExitModel(model, np.zeros(K - 1)), x[:5], batch_size=1)
+        assert rows_seen == [5, 0, 0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_deepest_is_the_original_network(model, digits, full_logits):
+    x, _ = digits
+    runner = EarlyExitModel(model, [0.5, 0.5])
+    np.testing.assert_array_equal(runner.deepest(x).numpy(), full_logits[-1].argmax(axis=1))
+    np.testing.assert_array_equal(runner.deepest(x[:1]).numpy(), full_logits[-1, :1].argmax(axis=1))
+
+
+def test_runner_outputs_are_int64_tensors_and_model_is_in_eval(digits):
+    model = _decisive_scan_small(1).train()
+    runner = EarlyExitModel(model, [0.9, 0.9])
+    assert not model.training
+    out = runner(digits[0][:7])
+    assert out.predictions.dtype == torch.int64 and out.exits.dtype == torch.int64
+    assert out.predictions.shape == (7,) and out.exits.shape == (7,)
+    with pytest.raises(ValueError, match="inference only"):
+        runner.train()
+
+
+class _NoStages(nn.Module):
+    def forward(self, x):
+        return [x]
+
+
+class _OneStage(MultiExitNet):
+    def __init__(self):
+        super().__init__()
+        self.s, self.h = nn.Identity(), nn.Identity()
+
+    def stages(self):
+        return [Stage(self.s, self.h)]
+
+
+def test_bad_models_and_settings_are_reported(model):
+    with pytest.raises(ValueError, match=r"_NoStages has no stages\(\).*implement stages\(\)"):
+        EarlyExitModel(_NoStages(), [0.5])
+    with pytest.raises(ValueError, match=r"must define stages\(\)"):
+        EarlyExitModel(MultiExitNet(), [0.5])
+    with pytest.raises(ValueError, match="1 stage.*at least 2 exits"):
+        EarlyExitModel(_OneStage(), [])
+    with pytest.raises(ValueError, match=r"K-1 = 2 numbers for this 3-exit model; got shape \(3,\)"):
+        EarlyExitModel(model, [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]; got \[0.5, 1.5\]"):
+        EarlyExitModel(model, [0.5, 1.5])
+    with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]"):
+        EarlyExitModel(model, [float("nan"), 0.5])
+    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy; got 'top1'"):
+        EarlyExitModel(model, [0.5, 0.5], confidence="top1")
+    with pytest.raises(ValueError, match="temperatures must be 3 positive numbers"):
+        EarlyExitModel(model, [0.5, 0.5], temperatures=[1.0, 0.0, 1.0])
+    assert len(model_stages(model)) == K
+
+
+def test_measure_latency_and_report(model, digits, full_logits):
+    x, y = digits
+    runner = EarlyExitModel(model, [0.0, 1.0])
+    lat = measure_latency(runner, x[:20], batch_size=8, repeats=3, warmup=1)
+    assert isinstance(lat, Latency)
+    assert len(lat.passes_ms) == 3 and len(lat.baseline_passes_ms) == 3
+    assert lat.latency_ms == sorted(lat.passes_ms)[1] and lat.num_samples == 20 and lat.batch_size == 8
+    assert lat.latency_ms > 0 and lat.baseline_latency_ms > 0
+    with pytest.raises(ValueError, match="--repeats must be >= 1; got 0"):
+        measure_latency(runner, x[:4], repeats=0)
+    with pytest.raises(ValueError, match="--batch-size must be >= 1; got 0"):
+        measure_latency(runner, x[:4], batch_size=0)
+
+    flops = np.array([1.0, 3.0, 6.0])
+    report = evaluate_runtime(runner, x, y, flops=flops, baseline_flops=5.0, batch_size=64, repeats=1)
+    # t = (0, 1): everyone leaves at exit 1
+    np.testing.assert_array_equal(report.exit_fractions, [1.0, 0.0, 0.0])
+    assert report.accuracy == pytest.approx(np.mean(full_logits[0].argmax(axis=1) == y))
+    assert report.predicted_speedup == pytest.approx(5.0)
+    doc = report_document(report, batch_size=64)
+    for key in ("accuracy", "exit_fractions", "latency_ms", "baseline_latency_ms", "measured_speedup",
+                "predicted_speedup", "batch_size"):
+        assert key in doc
+    json.dumps(doc, allow_nan=False)
+    untimed = evaluate_runtime(runner, x[:10], y[:10], flops=flops, baseline_flops=5.0, repeats=0)
+    assert untimed.latency is None and untimed.measured_speedup is None
+
+
+# ----------------------------------------------------------------------------- tradeoff run
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory, model, full_logits):
+    """A checkpoint, a cache of its test+val logits and a thresholds.json, as search leaves them."""
+    root = tmp_path_factory.mktemp("run")
+    ckpt = save_checkpoint(root / "model.pt", model, arch="scan_small", arch_kwargs={}, num_classes=10, data="digits")
+    data = load_data("digits", splits=("test",))
+    cache = ExitCache(full_logits, data.y, np.full(data.y.size, "test"), np.array([1.0, 2.0, 3.0]),
+                      make_meta(arch="scan_small", num_classes=10, checkpoint_sha256=sha256_file(ckpt)))
+    cache_path = write_cache(root / "cache.npz", cache)
+    _, _, conf = _reference(full_logits, data.y, np.zeros(K - 1))
+    t = _safe_thresholds(conf, (0.5,))[0]
+    exits, answers, _ = _reference(full_logits, data.y, t)
+    doc = {
+        "thresholds": t.tolist(), "confidence": "maxprob", "ensemble": False, "calibration": None,
+        "cache": str(cache_path), "cache_sha256": sha256_file(cache_path), "num_exits": K, "arch": "scan_small",
+        "checkpoint_sha256": sha256_file(ckpt), "pick": {"target_acc": 0.5},
+        "val": {}, "test": {"accuracy": float(np.mean(answers == data.y)), "exit_fractions": [0.5, 0.3, 0.2]},
+    }
+    (root / "thresholds.json").write_text(json.dumps(doc))
+    return root, ckpt, cache_path, doc, exits, answers, data.y
+
+
+def test_tradeoff_run_end_to_end(run_files, capsys):
+    root, ckpt, cache_path, doc, exits, answers, y = run_files
+    out = root / "measured.json"
+    code = main(["run", "--ckpt", str(ckpt), "--thresholds", str(root / "thresholds.json"), "--cache", str(cache_path),
+                 "--batch-size", "64", "--repeats", "1", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "where the samples left" in printed and "measured speed-up" in printed and f"wrote {out}" in printed
+    result = json.loads(out.read_text())
+    assert result["accuracy"] == pytest.approx(np.mean(answers == y))
+    np.testing.assert_allclose(result["exit_fractions"], np.bincount(exits, minlength=K) / exits.size)
+    assert result["batch_size"] == 64 and result["threads"] == 1 and result["num_samples"] == y.size
+    assert result["cache_agreement"] == {"exits": 1.0, "predictions": 1.0}
+    assert result["measured_speedup"] == pytest.approx(result["baseline_latency_ms"] / result["latency_ms"])
+    mean_flops = np.dot(result["exit_fractions"], result["flops"])
+    assert result["predicted_speedup"] == pytest.approx(result["baseline_flops"] / mean_flops)
+    assert result["data"] == "digits" and result["checkpoint_sha256"] == sha256_file(ckpt)
+
+
+def test_tradeoff_run_default_output_at_batch_one(run_files, tmp_path):
+    root, ckpt, _, doc, _, _, _ = run_files
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(doc))
+    assert main(["run", "--ckpt", str(ckpt), "--thresholds", str(thresholds), "--repeats", "1"]) == 0
+    result = json.loads((tmp_path / "run-b1.json").read_text())
+    assert result["batch_size"] == 1 and result["cache_agreement"] is None
+
+
+@pytest.mark.parametrize(
+    "change, extra_args, message",
+    [
+        ({"checkpoint_sha256": "ab" * 32}, [], r"searched for another model: its checkpoint_sha256 is abababababab"),
+        ({"thresholds": [0.5], "num_exits": 2}, [], r"holds 1 thresholds \(a 2-exit model\) but the model has 3 exits"),
+        ({"thresholds": [0.5, 1.2]}, [], r"thresholds must lie in \[0, 1\]"),
+        ({"cache_sha256": "cd" * 32}, ["--cache"], r"searched on another cache: its cache_sha256 is cdcdcdcdcdcd"),
+        ({}, ["--batch-size", "0"], r"--batch-size must be >= 1; got 0"),
+        ({}, ["--threads", "0"], r"--threads must be >= 1; got 0"),
+        ({}, ["--data", "nope"], r"unknown data spec 'nope'"),
+    ],
+)
+def test_tradeoff_run_bad_input_is_one_line(run_files, tmp_path, capsys, change, extra_args, message):
+    root, ckpt, cache_path, doc, _, _, _ = run_files
+    bad = tmp_path / "thresholds.json"
+    bad.write_text(json.dumps({**doc, **change}))
+    args = ["--cache", str(cache_path)] if extra_args == ["--cache"] else extra_args
+    code = main(["run", "--ckpt", str(ckpt), "--thresholds", str(bad), "--repeats", "1", *args])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("tradeoff run: error: ")
+    assert __import__("re").search(message, err), err
+    assert not list(tmp_path.glob("run-b*.json"))
