@@ -4,15 +4,67 @@ Everything reduces a cache to an `ExitTable`: for each exit k and sample n, the
 confidence the rule compares with t_k and whether the answer given there is right. The
 search never looks at logits again, so scoring P threshold vectors is pure array work.
 NumPy only: no torch import here.
+
+The exit rule: a sample leaves at the first exit k < K with confidence >= t_k, else at
+exit K (0-based: the first k < K-1, else K-1).
+
+The fast scorer (`make_scorer`), and why it is exact
+----------------------------------------------------
+Ranks. Per exit k < K-1, sort the confidences once: `order_k` lists the samples from
+least to most confident and a sample's "place" is its index in that list. For a
+threshold t, `r = searchsorted(sorted_k, t, side="left")` is the first place whose value
+is >= t, so every place before r holds a value < t and every place from r on a value
+>= t. Hence, for every sample and every t (ties included, whatever order the sort gave
+equal values, since they all fall on one side of r; NaN excluded):
+
+    conf_k[n] >= t   <=>   place_k(n) >= r
+
+so the float rule becomes an integer one, and the set of samples passing exit k is a
+*suffix* of `order_k`: the samples at places r..N-1.
+
+Bitsets. A set of samples is a packed bitset, one bit per sample (bit n & 63 of word
+n >> 6, W = ceil(N / 64) uint64 words). For "level" places j*B (j = 0 .. N // B) we store
+the bitset `level_k[j]` of the samples at places >= j*B. With B = 1 (a level at every
+place; used whenever the tables fit `max_level_bytes`, e.g. N <= ~20,000 for K = 4) the
+passing set of exit k is exactly `level_k[r]`: one row gathered per (row, exit).
+
+Counting. Let cum_k = pass_0 | ... | pass_k, the samples gone by exit k (an OR down the
+exits). Since cum_{k-1} is a subset of cum_k, |cum_k| - |cum_{k-1}| samples leave at
+exit k, and N - |cum_{K-2}| at the deepest. For right answers: with C_k the samples exit
+k answers right and e(n) a sample's exit, n is in cum_k exactly for k >= e(n), so the
+bitset C_e = C_{K-1} ^ XOR_{k<K-1} (cum_k & (C_k ^ C_{k+1})) (the XOR telescopes to
+C_{e(n)} bit by bit), and its popcount is the number answered right. All of it is
+O(P K N / 64) word operations per call, in chunks of rows small enough to stay in cache.
+
+Remainders (B > 1, large N). Levels every B places keep the tables at
+(K-1) * (N // B + 1) * W * 8 bytes, linear in N for a fixed level count. Then the
+nearest stored level `level_k[j]`, j = round(r / B), differs from the passing set by the
+samples at places between j*B and r (fewer than B/2 + 1, except near the top): all of
+them set in one and clear in the other. Flipping exactly those bits (`order_k[a:b]`,
+XOR with `ufunc.at`) makes the gathered bitset exact before counting. That costs
+O(P K B) scattered bit flips per call, so B is as small as the memory budget allows
+(N = 10^6, K = 8 with the default 256 MiB: B = 3268, ~0.6 M flips against ~11 M word
+operations per 100 rows; B grows like K N^2 / budget, so for much larger N raise
+`max_level_bytes` to stay linear).
+
+Arithmetic. Both this scorer and the reference produce integer counts (samples leaving
+at each exit, samples answered right) and turn them into scores with the same few float
+operations (`_scores_from_counts`), so their results are equal bit for bit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 CONFIDENCE_MEASURES = ("maxprob", "margin", "entropy")
+
+# Budget for the scorer's level bitsets; beyond it, levels thin out (block size B > 1).
+DEFAULT_MAX_LEVEL_BYTES = 256 * 2**20
+# Budget for the scorer's temporaries within one call (chunks over threshold rows and words).
+_CALL_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -54,31 +106,103 @@ class Scores:
     exit_fractions: np.ndarray
 
 
+# --------------------------------------------------------------------------- confidence
 def softmax(logits: np.ndarray, temperature: float | np.ndarray = 1.0) -> np.ndarray:
-    """Numerically stable softmax over the last axis, in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
+    """Numerically stable softmax over the last axis, in float64.
+
+    Each row depends only on itself, so a batch of one and a chunk of a cache give the
+    same bits (the runtime relies on this to repeat the cache's decisions).
+    """
+    z = np.array(logits, dtype=np.float64)  # a copy: worked on in place below
+    if np.any(np.asarray(temperature) != 1.0):  # x / 1.0 == x, so skipping is exact
+        z /= temperature
+    z -= _row_max(z)
     np.exp(z, out=z)
     z /= z.sum(axis=-1, keepdims=True)
     return z
 
 
+def _row_max(z: np.ndarray) -> np.ndarray:
+    """z.max(axis=-1, keepdims=True); for many short rows, a loop over the few columns.
+
+    A maximum involves no rounding, so both ways give the same bits; the column loop
+    avoids NumPy's per-row reduction overhead (~4x faster for C = 10).
+    """
+    if z.ndim == 2 and z.shape[1] <= 32 and z.shape[0] >= 256:
+        m = z[:, 0].copy()
+        for c in range(1, z.shape[1]):
+            np.maximum(m, z[:, c], out=m)
+        return m[:, None]
+    return z.max(axis=-1, keepdims=True)
+
+
+def _check_measure(measure: str) -> None:
+    if measure not in CONFIDENCE_MEASURES:
+        raise ValueError(
+            f"confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {measure!r} - "
+            "pick one of those (maxprob is the default)"
+        )
+
+
 def confidence_of(probs: np.ndarray, measure: str = "maxprob") -> np.ndarray:
     """Confidence in [0, 1] of each row of `probs` (..., C); higher = surer.
 
-    maxprob: top-1 probability. margin: top-1 minus top-2. entropy: 1 - H / log C.
+    maxprob: top-1 probability. margin: top-1 minus top-2. entropy: 1 - H / log C
+    (natural logs; 0 log 0 = 0), so a one-hot row scores 1 and a uniform row 0.
+
+    Raises:
+        ValueError: for an unknown measure.
     """
+    _check_measure(measure)
     if measure == "maxprob":
         return probs.max(axis=-1)
+    C = probs.shape[-1]
     if measure == "margin":
-        top2 = np.partition(probs, probs.shape[-1] - 2, axis=-1)[..., -2:]
+        top2 = np.partition(probs, C - 2, axis=-1)[..., -2:]
         return np.clip(top2[..., 1] - top2[..., 0], 0.0, 1.0)
-    if measure == "entropy":
-        C = probs.shape[-1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
-        return np.clip(1.0 + plogp.sum(axis=-1) / np.log(C), 0.0, 1.0)
-    raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {measure!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    return np.clip(1.0 + plogp.sum(axis=-1) / np.log(C), 0.0, 1.0)
+
+
+def exit_outputs(
+    logits: np.ndarray,
+    *,
+    confidence: str = "maxprob",
+    ensemble: bool = False,
+    temperatures: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence and prediction of exits 1..k for a few samples, as the exit rule sees them.
+
+    The one definition `exit_table` applies chunk by chunk: exit k's probabilities are
+    `softmax(logits[k], T_k)`; with `ensemble` they are the running sum of exits 1..k
+    (added shallow to deep) divided by k; the prediction is their argmax and the
+    confidence is `confidence_of` them. Exits deeper than the ones given never matter,
+    so the runtime can pass just the exits it has run.
+
+    Args:
+        logits: (k, n, C) logits of the first k exits.
+        temperatures: (k,) or None (all 1).
+
+    Returns:
+        confidence (k, n) float64 and prediction (k, n) int64.
+    """
+    k_have, n, _ = logits.shape
+    temps = np.ones(k_have) if temperatures is None else temperatures
+    conf = np.empty((k_have, n), dtype=np.float64)
+    pred = np.empty((k_have, n), dtype=np.int64)
+    running = None
+    for k in range(k_have):
+        probs = softmax(logits[k], temps[k])
+        if ensemble:
+            running = probs if running is None else running + probs
+            probs = running / (k + 1)
+        pred[k] = probs.argmax(axis=-1)
+        if confidence == "maxprob":  # the max is the value at the argmax: one pass, same bits
+            conf[k] = np.take_along_axis(probs, pred[k][:, None], axis=-1)[:, 0]
+        else:
+            conf[k] = confidence_of(probs, confidence)
+    return conf, pred
 
 
 def exit_table(
@@ -95,33 +219,58 @@ def exit_table(
 
     With `ensemble`, exit k answers with the mean softmax of exits 1..k, and its
     confidence is measured on that mean. `temperatures` (K,) divides each exit's
-    logits before the softmax (calibration). Works in chunks of samples so a
-    million-sample cache never needs a (K, N, C) float64 copy.
+    logits before the softmax (calibration), before any averaging. Works in chunks of
+    `chunk` samples so a million-sample cache never needs a (K, N, C) float64 copy
+    (peak extra memory ~ 3 * chunk * C * 8 bytes).
+
+    Args:
+        logits: (K, N, C) float logits, exits shallow -> deep.
+        labels: (N,) integer classes.
+        flops: (K,) cumulative cost of leaving at each exit (fvcore count).
+
+    Raises:
+        ValueError: for an unknown measure, bad shapes or bad temperatures.
     """
-    if confidence not in CONFIDENCE_MEASURES:
-        raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {confidence!r}")
+    _check_measure(confidence)
+    if not hasattr(logits, "ndim") or logits.ndim != 3:
+        raise ValueError(
+            f"logits must have shape (K, N, C); got {getattr(logits, 'shape', type(logits).__name__)}"
+            " - stack the exits' (N, C) arrays along a new first axis"
+        )
     K, N, _ = logits.shape
+    labels = np.asarray(labels)
+    if labels.shape != (N,):
+        raise ValueError(f"labels must have shape (N,) = ({N},) to match logits; got {labels.shape}")
+    flops = np.asarray(flops, dtype=np.float64)
+    if flops.shape != (K,):
+        raise ValueError(f"flops must have shape (K,) = ({K},), one cost per exit; got {flops.shape}")
     temps = np.ones(K) if temperatures is None else np.asarray(temperatures, dtype=np.float64)
     if temps.shape != (K,) or not np.all(np.isfinite(temps)) or np.any(temps <= 0):
-        raise ValueError(f"temperatures must be {K} positive numbers, one per exit; got {temps.tolist()}")
+        raise ValueError(
+            f"temperatures must be {K} positive finite numbers, one per exit; got {np.ravel(temps).tolist()}"
+        )
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of samples; got {chunk}")
     conf = np.empty((K, N), dtype=np.float64)
     correct = np.empty((K, N), dtype=bool)
     for start in range(0, N, chunk):
         stop = min(N, start + chunk)
-        running = None
-        for k in range(K):
-            probs = softmax(logits[k, start:stop], temps[k])
-            if ensemble:
-                running = probs if running is None else running + probs
-                probs = running / (k + 1)
-            conf[k, start:stop] = confidence_of(probs, confidence)
-            correct[k, start:stop] = probs.argmax(axis=-1) == labels[start:stop]
-    return ExitTable(conf, correct, np.asarray(flops, dtype=np.float64))
+        c, pred = exit_outputs(logits[:, start:stop], confidence=confidence, ensemble=ensemble, temperatures=temps)
+        conf[:, start:stop] = c
+        np.equal(pred, labels[None, start:stop], out=correct[:, start:stop])
+    return ExitTable(conf, correct, flops)
 
 
+# --------------------------------------------------------------------------- exit rule
 def check_thresholds(thresholds: np.ndarray, num_exits: int) -> np.ndarray:
-    """Validate and return thresholds as a (P, K-1) float64 matrix."""
-    t = np.asarray(thresholds, dtype=np.float64)
+    """Validate and return thresholds as a (P, K-1) float64 matrix (a (K-1,) vector is one row)."""
+    try:
+        t = np.asarray(thresholds, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"thresholds must be numbers, a (P, K-1) = (P, {num_exits - 1}) matrix; "
+            f"got {type(thresholds).__name__} that is not numeric ({exc})"
+        ) from None
     if t.ndim == 1:
         t = t[None, :]
     if t.ndim != 2 or t.shape[1] != num_exits - 1:
@@ -149,12 +298,46 @@ def exit_indices(table: ExitTable, thresholds: np.ndarray) -> np.ndarray:
     return out
 
 
+def _scores_from_counts(correct_counts: np.ndarray, exit_counts: np.ndarray, flops: np.ndarray, n: int) -> Scores:
+    """Scores from integer counts, with one fixed order of float operations.
+
+    Every scorer ends here so that equal counts give bit-identical scores: accuracy =
+    correct / N, fractions = count_k / N, cost = (sum_k count_k * flops_k, added k = 0,
+    1, ...) / N. No BLAS: its summation order may change with P.
+
+    Args:
+        correct_counts: (P,) int64 samples answered right.
+        exit_counts: (P, K) int64 samples leaving at each exit.
+        flops: (K,) float64.
+        n: N, the number of samples.
+    """
+    total = np.zeros(exit_counts.shape[0], dtype=np.float64)
+    for k in range(exit_counts.shape[1]):
+        total += exit_counts[:, k] * flops[k]
+    return Scores(correct_counts / n, total / n, exit_counts / n)
+
+
+def _check_table(table: ExitTable) -> None:
+    K, N = table.confidence.shape
+    if N == 0:
+        raise ValueError("the exit table has no samples; score a split that has rows")
+    if table.correct.shape != (K, N) or np.shape(table.flops) != (K,):
+        raise ValueError(
+            f"ExitTable parts disagree: confidence {table.confidence.shape}, correct {table.correct.shape}, "
+            f"flops {np.shape(table.flops)}; build it with exit_table()"
+        )
+    if np.isnan(table.confidence[: K - 1]).any():
+        raise ValueError("the exit table has NaN confidences; the cache's logits must be finite")
+
+
 def score_thresholds_reference(table: ExitTable, thresholds: np.ndarray) -> Scores:
     """The straightforward vectorised scorer: a (P, N) exit-index matrix filled exit by exit.
 
-    Kept as the yardstick the fast scorer is tested and benchmarked against.
+    Kept as the yardstick the fast scorer is tested and benchmarked against. Memory
+    O(P N): not for large caches.
     """
     t = check_thresholds(thresholds, table.num_exits)
+    _check_table(table)
     K, N = table.confidence.shape
     P = t.shape[0]
     exit_of = np.full((P, N), K - 1, dtype=np.int64)
@@ -164,12 +347,188 @@ def score_thresholds_reference(table: ExitTable, thresholds: np.ndarray) -> Scor
         exit_of[leave] = k
         undecided &= ~leave
     rows = np.arange(N)[None, :]
-    accuracy = table.correct[exit_of, rows].mean(axis=1)
-    counts = np.stack([(exit_of == k).sum(axis=1) for k in range(K)], axis=1)
-    fractions = counts / N
-    return Scores(accuracy, fractions @ table.flops, fractions)
+    correct_counts = table.correct[exit_of, rows].sum(axis=1, dtype=np.int64)
+    counts = np.stack([(exit_of == k).sum(axis=1) for k in range(K)], axis=1).astype(np.int64).reshape(P, K)
+    return _scores_from_counts(correct_counts, counts, table.flops, N)
+
+
+# --------------------------------------------------------------------------- fast scorer
+def _pack_rows(mask: np.ndarray) -> np.ndarray:
+    """(R, N) bool -> (R, W) uint64, bit n & 63 of word n >> 6 set where mask[:, n]."""
+    R, N = mask.shape
+    W = (N + 63) // 64
+    packed = np.zeros((R, W * 8), dtype=np.uint8)
+    packed[:, : (N + 7) // 8] = np.packbits(mask, axis=1, bitorder="little")
+    return packed.view("<u8").astype(np.uint64, copy=False)
+
+
+def _bits(n: np.ndarray) -> np.ndarray:
+    """The uint64 with bit n & 63 set, for each sample index n."""
+    return np.left_shift(np.uint64(1), (n & 63).astype(np.uint64))
+
+
+def _block_bitsets(order: np.ndarray, block: int, out: np.ndarray) -> None:
+    """Row b of `out` (>= ceil(N / B), W) = bitset of the samples at places [bB, (b+1)B) of `order`.
+
+    Sorting each block's sample ids makes (row, word) keys ascend, so the bits of one
+    word are OR-reduced in one `reduceat` pass (no `ufunc.at`, no N x W bool matrix).
+    """
+    N, W = order.size, out.shape[1]
+    whole = N // block
+    n = np.concatenate([np.sort(order[: whole * block].reshape(whole, block), axis=1).ravel(),
+                        np.sort(order[whole * block :])]).astype(np.int64)
+    key = (np.arange(N, dtype=np.int64) // block) * W + (n >> 6)
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    out.reshape(-1)[key[starts]] = np.bitwise_or.reduceat(_bits(n), starts)
+
+
+def _xor_bits_into(flat: np.ndarray, word: np.ndarray, n: np.ndarray) -> None:
+    """flat[word[i]] ^= bit of sample n[i] (repeated words allowed)."""
+    np.bitwise_xor.at(flat, word, _bits(n))
+
+
+class BitsetScorer:
+    """Scores threshold matrices on one `ExitTable`; build once, call many times.
+
+    See the module docstring for the algorithm and why it equals the reference exactly.
+
+    Attributes:
+        block: B, places between stored levels (1 = a level at every place, no remainders).
+        level_bytes: memory held by the level bitsets.
+    """
+
+    def __init__(self, table: ExitTable, *, max_level_bytes: int = DEFAULT_MAX_LEVEL_BYTES, block: int | None = None):
+        _check_table(table)
+        K, N = table.confidence.shape
+        M, W = K - 1, (N + 63) // 64
+        self._K, self._N, self._W = K, N, W
+        self._flops = np.asarray(table.flops, dtype=np.float64)
+        right = _pack_rows(table.correct)  # (K, W): C_k
+        self._flip = right[:-1] ^ right[1:]  # (M, W) D_k: exits k and k + 1 disagree on rightness
+        self._right_last = right[K - 1]
+        self._right_at_last = int(table.correct[K - 1].sum())
+        if block is None:  # smallest B with (N // B + 1) levels within the budget
+            fits = max_level_bytes // (max(M, 1) * W * 8)
+            block = 1 if fits >= N + 1 else N // max(fits, 1) + 1
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise ValueError(f"block must be a positive integer number of places; got {block!r}")
+        self.block = B = int(min(block, N))
+        nlev = N // B + 1
+        conf = np.asarray(table.confidence[:M], dtype=np.float64)
+        # Any sorted order works (ties sit on one side of every r), so no stable sort needed.
+        self._order = np.argsort(conf, axis=1).astype(np.int32 if N < 2**31 else np.int64)  # (M, N)
+        self._sorted = np.take_along_axis(conf, self._order, axis=1)  # (M, N)
+        self._levels_2d = np.zeros((M * nlev, W), dtype=np.uint64)  # row k * nlev + j = level_k[j]
+        self._level_offsets = np.arange(M, dtype=np.int64) * nlev
+        for k in range(M):
+            levels = self._levels_2d[k * nlev : (k + 1) * nlev]
+            _block_bitsets(self._order[k], B, levels)
+            rev = levels[::-1]
+            np.bitwise_or.accumulate(rev, axis=0, out=rev)  # level j = OR of block rows >= j
+        self.level_bytes = int(self._levels_2d.nbytes)
+
+    def __call__(self, thresholds: np.ndarray) -> Scores:
+        """Score a (P, K-1) threshold matrix; a (K-1,) vector is one row."""
+        t = check_thresholds(thresholds, self._K)
+        P = t.shape[0]
+        K, N, W = self._K, self._N, self._W
+        M = K - 1
+        exit_counts = np.zeros((P, K), dtype=np.int64)
+        correct_counts = np.zeros(P, dtype=np.int64)
+        if M == 0:
+            exit_counts[:, 0] = N
+            correct_counts[:] = self._right_at_last
+            return _scores_from_counts(correct_counts, exit_counts, self._flops, N)
+        tt = np.ascontiguousarray(t.T)  # (M, P)
+        rows = int(max(1, min(P, _CALL_BYTES // (16 * (M + 1) * W))))  # uint64 bitsets + float64 popcounts
+        for p0 in range(0, P, rows):
+            p1 = min(P, p0 + rows)
+            r = np.stack([np.searchsorted(self._sorted[k], tt[k, p0:p1], side="left") for k in range(M)])
+            self._count(r, exit_counts[p0:p1], correct_counts[p0:p1])
+        return _scores_from_counts(correct_counts, exit_counts, self._flops, N)
+
+    def _count(self, r: np.ndarray, exit_counts: np.ndarray, correct_counts: np.ndarray) -> None:
+        """Counts for the rows whose first passing places are `r` (M, P), written in place.
+
+        With cum_k the samples gone by exit k, |cum_k| - |cum_{k-1}| leave at k. A sample
+        is in cum_k exactly for k >= its exit e, so C_e = C_{K-1} ^ XOR_k (cum_k & D_k) with
+        D_k = C_k ^ C_{k+1} (C_k: samples exit k answers right), and one popcount of that
+        bitset counts the right answers.
+        """
+        M, P = r.shape
+        W, B = self._W, self.block
+        lev = r if B == 1 else np.minimum((r + B // 2) // B, self._N // B)  # nearest stored level
+        buf = np.empty((M + 1, P, W), dtype=np.uint64)
+        cum, right = buf[:M], buf[M]
+        np.take(self._levels_2d, (lev + self._level_offsets[:, None]).ravel(), axis=0, out=cum.reshape(M * P, W))
+        if B > 1:
+            self._toggle_remainders(cum, r, lev * B)
+        for k in range(1, M):
+            np.bitwise_or(cum[k - 1], cum[k], out=cum[k])
+        flips = np.bitwise_and(cum, self._flip[:, None, :])
+        np.bitwise_xor(flips[0], self._right_last, out=right)
+        for k in range(1, M):
+            np.bitwise_xor(right, flips[k], out=right)
+        pop = np.empty((M + 1, P, W), dtype=np.float64)
+        np.bitwise_count(buf, out=pop, casting="unsafe")
+        # (M + 1, P); float64 adds integers < 2**53 exactly in any order; einsum, not BLAS
+        # (no thread pool whose stragglers stall a call on a busy machine)
+        sums = np.einsum("mpw->mp", pop).astype(np.int64)
+        gone = sums[:M]
+        exit_counts[:, 0] = gone[0]
+        exit_counts[:, 1:M] = (gone[1:] - gone[:-1]).T
+        exit_counts[:, M] = self._N - gone[M - 1]
+        correct_counts[:] = sums[M]
+
+    def _toggle_remainders(self, cum: np.ndarray, r: np.ndarray, level_place: np.ndarray) -> None:
+        """Turn each gathered level (M, P, W) into the exact passing set, in place.
+
+        level_k[j] holds the samples at places >= j*B; the passing set those at places
+        >= r. They differ by the samples at places between the two, all set in one and
+        clear in the other, so flipping their bits (fewer than B/2 + 1 per row and exit,
+        except near the top) makes the level exact.
+        """
+        M, P, W = cum.shape
+        lo = np.minimum(r, level_place).ravel()
+        length = np.abs(r - level_place).ravel()  # (M * P,)
+        total = int(length.sum())
+        if total == 0:
+            return
+        which = np.repeat(np.arange(M * P), length)  # bitset row k * P + p of each sample to flip
+        first = np.cumsum(length) - length
+        place = np.repeat(lo - first, length) + np.arange(total)
+        n = self._order[which // P, place]
+        _xor_bits_into(cum.reshape(-1), which * W + (n >> 6), n)
+
+
+def make_scorer(
+    table: ExitTable, *, max_level_bytes: int = DEFAULT_MAX_LEVEL_BYTES, block: int | None = None
+) -> Callable[[np.ndarray], Scores]:
+    """A scorer for `table`: precomputes sorted confidences and level bitsets once.
+
+    The search calls it for every population; `score_thresholds` builds one per call.
+
+    Args:
+        table: the split's exit table.
+        max_level_bytes: memory budget of the level bitsets; the block size B grows
+            (and per-call remainder work with it) only when B = 1 would exceed it.
+        block: force B (testing); None picks it from the budget.
+
+    Returns:
+        A callable thresholds (P, K-1) -> Scores, equal bit for bit to
+        `score_thresholds_reference`.
+
+    Raises:
+        ValueError: for an empty table or NaN confidences.
+    """
+    return BitsetScorer(table, max_level_bytes=max_level_bytes, block=block)
 
 
 def score_thresholds(table: ExitTable, thresholds: np.ndarray) -> Scores:
-    """Score P threshold vectors (P, K-1) on one split, all at once."""
-    return score_thresholds_reference(table, thresholds)
+    """Score P threshold vectors (P, K-1) on one split, all at once.
+
+    Builds a scorer each call; when scoring the same table repeatedly, keep one from
+    `make_scorer(table)` instead.
+    """
+    t = check_thresholds(thresholds, table.num_exits)
+    return make_scorer(table)(t)
