@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +220,9 @@ def _read_file(path: Path, trust: bool, map_location):
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path, map_location)
     try:
-        return torch.load(path, map_location=map_location, weights_only=not trust), {}
+        with warnings.catch_warnings():  # our one-line error says more than torch's protocol note
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=not trust), {}
     except Exception as exc:  # torch raises many types for bad bytes; all mean "not loadable"
         if not trust:
             unsafe = _unsafe_globals(path, exc)
@@ -257,31 +260,39 @@ def _read_safetensors(path: Path, map_location):
 def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
     """Globals the pickle asks for beyond torch's safe set, found without executing it."""
     message = str(exc)
-    found = re.findall(r"Unsupported global: GLOBAL (\S+)", message)
     try:
-        found = sorted(set(found) | set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
-    except Exception:  # legacy (non-zip) files cannot be inspected that way
-        pass
+        found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # legacy (non-zip) files cannot be inspected that way; torch's message tells
+        found = []
+    found = found or re.findall(r"Unsupported global: GLOBAL (\S+)", message)
     if not found and isinstance(exc, pickle.UnpicklingError) and "was not an allowed global" in message:
         found = ["an unknown global"]
     return found
 
 
 def _not_a_checkpoint(path: Path, exc: Exception) -> str:
-    if path.stat().st_size == 0:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
+    if not head:
         reason = "the file is empty"
+    elif not head.startswith((b"PK\x03\x04", b"\x80")):
+        reason = "it is neither a zip archive nor a pickle"
+    elif detail:
+        reason = f"a pickle torch cannot read: {detail.group(1)}"
     else:
-        detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
-        reason = detail.group(1) if detail else f"{type(exc).__name__}: {_first_line(exc)}"
+        reason = _first_line(exc)
     return (
-        f"{path} is not a PyTorch checkpoint ({reason[:160]}); expected a file written by torch.save "
+        f"{path} is not a PyTorch checkpoint ({reason}); expected a file written by torch.save "
         "(a state_dict or a tradeoff checkpoint) or a .safetensors file; is it truncated or the wrong file?"
     )
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
+    """The gist of a library error: first sentence, no C++ source locations."""
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(exc).strip())
+    text = re.split(r"\.\s|\n", text, maxsplit=1)[0].strip()
+    return text[:160] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- what the file holds
