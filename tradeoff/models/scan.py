@@ -1,0 +1,273 @@
+"""SCAN (Zhang et al., NeurIPS 2019): a ResNet with attention-gated shallow classifiers.
+
+The parameter layout is the official code's, key for key (top-level `conv1, bn1,
+layer1..4, attention1..3, scala1..3, fc1..fc4`, Sequential indices included), so an
+official `bestmodel.pth` state_dict loads with `strict=True`. The official `forward`
+returns `[out4, out3, out2, out1], feature_loss`; ours returns the exits shallow -> deep
+(the contract of `MultiExitNet`) and leaves the feature-hint loss to the trainer, which
+gets the features from `forward_with_features`.
+
+`ScanResNet` is also the shared constructor of `scan_small` (models/small.py): the same
+design sized by `widths`, `strides`, `scala_kernels` and `pool`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tradeoff.models.base import MultiExitNet, Stage
+from tradeoff.models.registry import register_model
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ScanResNet",
+    "scan_resnet18",
+    "scan_resnet34",
+    "scan_resnet50",
+    "scan_resnet101",
+    "scan_resnet152",
+]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual; torchvision's key names (`downsample.0/1`)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _downsample(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (carries the stride) -> 1x1 with expansion 4, as in the CIFAR ResNets."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.downsample = _downsample(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
+def _attention(channels: int) -> nn.Sequential:
+    """Half-resolution mask in (0, 1): conv 3x3 s2 -> BN -> ReLU -> deconv 4x4 s2 -> BN -> sigmoid."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1),
+        nn.BatchNorm2d(channels),
+        nn.Sigmoid(),
+    )
+
+
+def _scala(in_channels: int, width: int, out_channels: int, kernel: int, pool: int) -> nn.Sequential:
+    """Shallow classifier body: 1x1 -> k x k stride k -> 1x1 to the deepest feature width, pooled."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, kernel, stride=kernel),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, out_channels, 1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.AvgPool2d(pool, pool),
+    )
+
+
+class _Stem(nn.Module):
+    """Section 1: conv1 -> bn1 -> ReLU -> layer1 (no max-pool, as in the CIFAR ResNets)."""
+
+    def __init__(self, conv1: nn.Module, bn1: nn.Module, layer1: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.layer1 = conv1, bn1, layer1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer1(F.relu(self.bn1(self.conv1(x))))
+
+
+class _ExitHead(nn.Module):
+    """Exit head: `fc(flatten(scala(attention(x) * x)))`, or `fc(flatten(scala(x)))` without attention.
+
+    `feature(x)` is the flattened `scala` output that the feature-hint loss compares.
+    """
+
+    def __init__(self, attention: nn.Module | None, scala: nn.Module, fc: nn.Module) -> None:
+        super().__init__()
+        self.attention, self.scala, self.fc = attention, scala, fc
+
+    def feature(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attention is not None:
+            x = self.attention(x) * x
+        return torch.flatten(self.scala(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.feature(x))
+
+
+class ScanResNet(MultiExitNet):
+    """A CIFAR ResNet cut into K sections after `layer1..K`, one exit per section.
+
+    Exits 1..K-1: `fc_i(flatten(scala_i(attention_i(x_i) * x_i)))`; exit K:
+    `fc_K(flatten(scala_K(x_K)))` with `scala_K` a parameter-free average pool. With the
+    defaults this is the official SCAN network for 32x32 inputs.
+
+    Args:
+        block: `BasicBlock` or `Bottleneck`.
+        num_blocks: blocks per layer; its length K is the number of exits.
+        num_classes: classes of every `fc_i`.
+        in_channels: input channels (3 for CIFAR).
+        widths: (K,) planes of each layer (times `block.expansion` channels out).
+        strides: (K,) stride of each layer's first block.
+        scala_width: hidden channels of the shallow classifiers (128 in SCAN).
+        scala_kernels: (K-1,) kernel = stride of each shallow classifier's middle conv,
+            chosen so that its output is `pool` x `pool`.
+        pool: average-pool size at the end of every `scala_i` (4 in SCAN).
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        num_blocks: Sequence[int],
+        *,
+        num_classes: int = 100,
+        in_channels: int = 3,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        strides: Sequence[int] = (1, 2, 2, 2),
+        scala_width: int = 128,
+        scala_kernels: Sequence[int] = (8, 4, 2),
+        pool: int = 4,
+    ) -> None:
+        super().__init__()
+        num_exits = len(num_blocks)
+        if num_exits < 2 or len(widths) != num_exits or len(strides) != num_exits or len(scala_kernels) != num_exits - 1:
+            raise ValueError(
+                f"ScanResNet needs K >= 2 layers with K widths, K strides and K-1 scala kernels; got "
+                f"num_blocks={list(num_blocks)}, widths={list(widths)}, strides={list(strides)}, "
+                f"scala_kernels={list(scala_kernels)}"
+            )
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
+        self.num_exits = num_exits
+        stem_width = widths[0]
+        self.conv1 = nn.Conv2d(in_channels, stem_width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        in_planes = stem_width
+        for i, (planes, count, stride) in enumerate(zip(widths, num_blocks, strides), start=1):
+            blocks = []
+            for s in [stride] + [1] * (count - 1):
+                blocks.append(block(in_planes, planes, s))
+                in_planes = planes * block.expansion
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        feature_dim = widths[-1] * block.expansion
+        for i in range(1, num_exits):
+            setattr(self, f"attention{i}", _attention(widths[i - 1] * block.expansion))
+        for i in range(1, num_exits):
+            channels = widths[i - 1] * block.expansion
+            setattr(self, f"scala{i}", _scala(channels, scala_width, feature_dim, scala_kernels[i - 1], pool))
+        setattr(self, f"scala{num_exits}", nn.AvgPool2d(pool, pool))
+        for i in range(1, num_exits + 1):
+            setattr(self, f"fc{i}", nn.Linear(feature_dim, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Built once and kept in a plain list (not registered), so state_dict keys stay the
+        # official ones while forward does not rebuild wrappers on every call.
+        self._stage_list = [Stage(_Stem(self.conv1, self.bn1, self.layer1), self._head(1))]
+        self._stage_list += [Stage(getattr(self, f"layer{i}"), self._head(i)) for i in range(2, num_exits + 1)]
+
+    def _head(self, i: int) -> _ExitHead:
+        attention = getattr(self, f"attention{i}", None)
+        return _ExitHead(attention, getattr(self, f"scala{i}"), getattr(self, f"fc{i}"))
+
+    def stages(self) -> list[Stage]:
+        """K `Stage(section, head)`: section 1 = conv1, bn1, ReLU, layer1; section i = layer_i."""
+        return list(self._stage_list)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every exit's logits and the feature each was computed from, both shallow -> deep.
+
+        For the trainer's feature-hint loss: feature k is the flattened `scala_k` output,
+        (N, feature_dim) for every k, so the shallow ones can be pulled toward the (detached)
+        deepest one. `forward` returns the same logits.
+
+        Returns:
+            (logits, features): two lists of K tensors, (N, num_classes) and (N, feature_dim).
+        """
+        logits, features = [], []
+        for section, head in self._stage_list:
+            x = section(x)
+            feature = head.feature(x)
+            features.append(feature)
+            logits.append(head.fc(feature))
+        return logits, features
+
+
+def _scan_resnet(block, num_blocks: Sequence[int], num_classes: int) -> ScanResNet:
+    return ScanResNet(block, num_blocks, num_classes=num_classes)
+
+
+@register_model
+def scan_resnet18(num_classes: int = 100) -> ScanResNet:
+    """SCAN ResNet18 for 32x32 inputs (233 state_dict entries)."""
+    return _scan_resnet(BasicBlock, (2, 2, 2, 2), num_classes)
+
+
+@register_model
+def scan_resnet34(num_classes: int = 100) -> ScanResNet:
+    """SCAN ResNet34 for 32x32 inputs."""
+    return _scan_resnet(BasicBlock, (3, 4, 6, 3), num_classes)
+
+
+@register_model
+def scan_resnet50(num_classes: int = 100) -> ScanResNet:
+    """SCAN ResNet50 for 32x32 inputs (431 state_dict entries)."""
+    return _scan_resnet(Bottleneck, (3, 4, 6, 3), num_classes)
+
+
+@register_model
+def scan_resnet101(num_classes: int = 100) -> ScanResNet:
+    """SCAN ResNet101 for 32x32 inputs."""
+    return _scan_resnet(Bottleneck, (3, 4, 23, 3), num_classes)
+
+
+@register_model
+def scan_resnet152(num_classes: int = 100) -> ScanResNet:
+    """SCAN ResNet152 for 32x32 inputs."""
+    return _scan_resnet(Bottleneck, (3, 8, 36, 3), num_classes)
