@@ -3,14 +3,19 @@
 Genes are the thresholds t_1..t_{K-1} in [0, 1]; objectives are val accuracy (up) and
 val mean cost (down), DEAP weights (1.0, -1.0). Operators are DEAP's own: parents by
 `selTournamentDCD`, bounded SBX crossover (`cxSimulatedBinaryBounded`), bounded
-polynomial mutation (`mutPolynomialBounded`), survivors by `selNSGA2`.
+polynomial mutation (`mutPolynomialBounded`), survivors by `selNSGA2` with DEAP's
+`nd="log"` non-dominated sort (Fortin et al.'s sweep: the same fronts as the standard
+O(M N^2) sort, ~25x faster at 200 individuals).
 
 What differs from DEAP's textbook loop, and why:
 - The whole batch of new individuals is scored in ONE scorer call per generation (a
   (P, K-1) matrix in, arrays out); a Python call per individual would cost more than
   the scoring itself.
-- Children are cloned as `list` copies plus their fitness tuple, not `deepcopy`, and
-  only children whose genes actually changed lose their fitness.
+- SBX and polynomial mutation work gene by gene with the same bounds everywhere, so each
+  is applied ONCE per generation to the concatenated genes of all pairs / all children
+  (the same operator as a call per pair / child, without the per-call overhead).
+  Children are fresh lists, not `deepcopy` clones, and only children whose genes changed
+  are scored; the others keep their parent's fitness.
 - DEAP's operators draw from the global `random` module; each run seeds it and puts the
   caller's state back afterwards, so two searches in one process share nothing and the
   caller's random stream is untouched. Fitness/individual classes are plain subclasses
@@ -48,6 +53,13 @@ class _Fitness(base.Fitness):
 
     def __init__(self):
         pass
+
+    def _get_values(self):
+        return (self.wvalues[0], -self.wvalues[1]) if self.wvalues else ()
+
+    # Same as base.Fitness.values (wvalues / weights, exact for weights +-1), read without
+    # map/truediv: crowding distances read it for every individual every generation.
+    values = property(_get_values, base.Fitness.setValues, base.Fitness.delValues)
 
 
 class _Individual(list):
@@ -98,19 +110,37 @@ def _evaluate(individuals: list, thresholds: np.ndarray, scorer: Scorer, archive
 
 
 class _Archive:
-    """Running non-dominated set of everything scored, in NumPy arrays (older points first)."""
+    """Running non-dominated set of everything scored, in NumPy arrays sorted by cost.
+
+    Ties (same accuracy and cost) keep the point scored first, as `pareto_mask` does on
+    everything in scoring order. Most generations add nothing, so a batch is first
+    screened against the archive (one `searchsorted`) before any merge.
+    """
 
     def __init__(self, dim: int):
         self.thresholds = np.empty((0, dim))
         self.accuracy = np.empty(0)
+        self.error = np.empty(0)
         self.flops = np.empty(0)
 
     def add(self, thresholds: np.ndarray, accuracy: np.ndarray, flops: np.ndarray) -> None:
-        t = np.concatenate([self.thresholds, thresholds])
-        a = np.concatenate([self.accuracy, accuracy])
-        f = np.concatenate([self.flops, flops])
-        keep = nondominated_unchecked(1.0 - a, f)
-        self.thresholds, self.accuracy, self.flops = t[keep], a[keep], f[keep]
+        error = 1.0 - accuracy
+        new = np.flatnonzero(nondominated_unchecked(error, flops))  # the batch's own front
+        if self.flops.size:
+            # The archive point with the largest cost <= c has the lowest error among all
+            # those costing <= c; a new point it matches or beats in error is dominated.
+            pos = np.searchsorted(self.flops, flops[new], side="right") - 1
+            beaten = (pos >= 0) & (self.error[np.maximum(pos, 0)] <= error[new])
+            new = new[~beaten]
+            if new.size == 0:
+                return
+        t = np.concatenate([self.thresholds, thresholds[new]])
+        a = np.concatenate([self.accuracy, accuracy[new]])
+        e = np.concatenate([self.error, error[new]])
+        f = np.concatenate([self.flops, flops[new]])
+        keep = np.flatnonzero(nondominated_unchecked(e, f))
+        keep = keep[np.argsort(f[keep], kind="stable")]
+        self.thresholds, self.accuracy, self.error, self.flops = t[keep], a[keep], e[keep], f[keep]
 
 
 def _set_fitness(individuals: list, accuracy: np.ndarray, flops: np.ndarray) -> None:
@@ -120,17 +150,17 @@ def _set_fitness(individuals: list, accuracy: np.ndarray, flops: np.ndarray) -> 
 
 
 def _select_parents(population: list, k: int) -> list:
-    """`k` parents by DEAP's dominance/crowding tournament.
+    """`k` parents by DEAP's dominance/crowding tournament (`selTournamentDCD`).
 
-    selTournamentDCD needs a multiple of four candidates; other sizes are padded with the
-    first individuals (at most three) and the choice truncated to `k`.
+    It needs a multiple of four candidates; other sizes are padded with the first
+    individuals (at most three) and the choice truncated to `k`.
     """
     pad = (-len(population)) % 4
     candidates = population + population[:pad]
     return tools.selTournamentDCD(candidates, len(candidates))[:k]
 
 
-def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, list]:
+def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, list, np.ndarray]:
     """Children of consecutive parent pairs: SBX with probability cxpb, then mutation.
 
     DEAP's SBX and polynomial mutation treat every gene independently (same bounds for
@@ -139,17 +169,18 @@ def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, list
     overhead. A child whose genes came out unchanged keeps its parent's fitness.
 
     Returns:
-        (children, the children whose genes changed and need scoring).
+        (children, the children whose genes changed, their genes (M, K-1)).
     """
     m, dim = len(parents), len(parents[0])
     crossed = [i for i in range(m // 2) if random.random() <= cxpb]
-    first = [g for i in crossed for g in parents[2 * i]]
-    second = [g for i in crossed for g in parents[2 * i + 1]]
+    rows = parents
     if crossed:
+        first = [g for i in crossed for g in parents[2 * i]]
+        second = [g for i in crossed for g in parents[2 * i + 1]]
         toolbox.mate(first, second)
-    rows = [list(p) for p in parents]
-    for j, i in enumerate(crossed):
-        rows[2 * i], rows[2 * i + 1] = first[j * dim : (j + 1) * dim], second[j * dim : (j + 1) * dim]
+        rows = list(parents)  # parents themselves are never modified
+        for j, i in enumerate(crossed):
+            rows[2 * i], rows[2 * i + 1] = first[j * dim : (j + 1) * dim], second[j * dim : (j + 1) * dim]
     flat = [g for row in rows for g in row]
     toolbox.mutate(flat)
     children, fresh = [], []
@@ -158,9 +189,10 @@ def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, list
         if child == parent:
             child.fitness.wvalues = parent.fitness.wvalues
         else:
-            fresh.append(child)
+            fresh.append(j)
         children.append(child)
-    return children, fresh
+    genes = np.array(flat, dtype=np.float64).reshape(m, dim)[fresh]
+    return children, [children[j] for j in fresh], genes
 
 
 def _check_options(pop, gens, seed, cx_eta, mut_eta, cxpb, indpb) -> None:
@@ -231,8 +263,8 @@ def nsga2_search(
         evaluations = _evaluate(population, start_points, score, archive)
         population = toolbox.select(population, pop)  # assigns crowding distances
         for _ in range(gens):
-            offspring, fresh = _vary(toolbox, toolbox.parents(population, pop), cxpb)
-            evaluations += _evaluate(fresh, np.array(fresh, dtype=np.float64).reshape(-1, dim), score, archive)
+            offspring, fresh, genes = _vary(toolbox, toolbox.parents(population, pop), cxpb)
+            evaluations += _evaluate(fresh, genes, score, archive)
             population = toolbox.select(population + offspring, pop)
     return front_result(
         archive.thresholds, archive.accuracy, archive.flops,
