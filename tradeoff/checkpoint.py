@@ -110,7 +110,8 @@ def save_checkpoint(
         raise ValueError(f"save_checkpoint: num_classes must be a positive int; got {num_classes!r}")
     if not isinstance(arch_kwargs, dict) or "num_classes" in arch_kwargs:
         raise ValueError(
-            f"save_checkpoint: arch_kwargs must be a dict without 'num_classes' (pass that on its own); got {arch_kwargs!r}"
+            "save_checkpoint: arch_kwargs must be a dict without 'num_classes' (pass that on its own); "
+            f"got {arch_kwargs!r}"
         )
     if data is not None and not isinstance(data, str):
         raise TypeError(f"save_checkpoint: data must be a data spec string or None; got {type(data).__name__}")
@@ -355,7 +356,8 @@ def _unwrap(raw, path: Path) -> tuple[dict, dict]:
     else:
         what = f"a {type(raw).__name__}"
     raise ValueError(
-        f"{path} holds {what}, not a state_dict or tradeoff checkpoint; save it with torch.save(model.state_dict(), ...)"
+        f"{path} holds {what}, not a state_dict or tradeoff checkpoint; "
+        "save it with torch.save(model.state_dict(), ...)"
     )
 
 

@@ -312,7 +312,9 @@ def _npz(path: Path):
             f"{path} is not a readable .npz archive ({str(exc)[:100]}); write it with numpy.savez(path, x=..., y=...)"
         ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array, not an .npz archive; write it with numpy.savez(path, x=..., y=...)")
+        raise ValueError(
+            f"{path} holds a single array, not an .npz archive; write it with numpy.savez(path, x=..., y=...)"
+        )
     with archive:
         missing = [k for k in ("x", "y") if k not in archive.files]
         if missing:
