@@ -99,6 +99,21 @@ def test_odd_population_size_and_zero_generations(table):
     assert zero.evaluations == 9 and zero.generations == 0
 
 
+def test_two_exits_reaches_the_exact_front():
+    # K = 2: the best front is brute force over every distinct exit-1 confidence; the
+    # search (1 gene, the same operators) must find nearly all of its hypervolume.
+    rng = np.random.default_rng(3)
+    conf = np.vstack([rng.random(300), rng.random(300)])
+    correct = rng.random((2, 300)) < np.vstack([0.3 + 0.6 * conf[0], np.full(300, 0.8)])
+    t2 = ExitTable(conf, correct, np.array([1.0, 3.0]))
+    brute = np.append(np.unique(conf[0]), 1.0)[:, None]
+    s = score_thresholds(t2, brute)
+    best = hypervolume_2d(1.0 - s.accuracy, s.flops, reference=reference_point(t2.flops))
+    front = nsga2_search(t2, pop=20, gens=30, seed=0)
+    assert front.thresholds.shape[1] == 1
+    assert _hv(front, t2) >= 0.999 * best  # 3 generations reach only ~0.995
+
+
 def test_restarts_are_reproducible_across_jobs(table):
     one = restart_search(table, restarts=2, jobs=1, seed=7, pop=12, gens=4)
     two = restart_search(table, restarts=2, jobs=2, seed=7, pop=12, gens=4)
