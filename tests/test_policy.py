@@ -106,7 +106,9 @@ def test_memory_budget_thins_the_levels_and_stays_exact():
     table = ExitTable(rng.random((3, 20_000)), rng.random((3, 20_000)) < 0.5, np.array([1.0, 2.0, 3.0]))
     scorer = make_scorer(table, max_level_bytes=2**20)
     assert scorer.block > 1 and scorer.level_bytes <= 2**20
-    assert make_scorer(table).block == 1  # the default budget holds a level at every place
+    assert make_scorer(table).block == 20_000 // 1024 + 1  # ~1,024 levels once B = 1 would exceed 64 MiB
+    small = ExitTable(table.confidence[:, :5000], table.correct[:, :5000], table.flops)
+    assert make_scorer(small).block == 1  # a level at every place
     t = rng.random((50, 2))
     assert_identical(scorer(t), score_thresholds_reference(table, t))
 

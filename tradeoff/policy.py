@@ -25,8 +25,9 @@ so the float rule becomes an integer one, and the set of samples passing exit k 
 Bitsets. A set of samples is a packed bitset, one bit per sample (bit n & 63 of word
 n >> 6, W = ceil(N / 64) uint64 words). For "level" places j*B (j = 0 .. N // B) we store
 the bitset `level_k[j]` of the samples at places >= j*B. With B = 1 (a level at every
-place; used whenever the tables fit `max_level_bytes`, e.g. N <= ~20,000 for K = 4) the
-passing set of exit k is exactly `level_k[r]`: one row gathered per (row, exit).
+place, used while the tables take <= 64 MiB: N <= ~13,000 for K = 4; beyond, about 1,024
+levels) the passing set of exit k is exactly `level_k[r]`: one row gathered per
+(row, exit).
 
 Counting. Let cum_k = pass_0 | ... | pass_k, the samples gone by exit k (an OR down the
 exits). Since cum_{k-1} is a subset of cum_k, |cum_k| - |cum_{k-1}| samples leave at
@@ -42,10 +43,10 @@ nearest stored level `level_k[j]`, j = round(r / B), differs from the passing se
 samples at places between j*B and r (fewer than B/2 + 1, except near the top): all of
 them set in one and clear in the other. Flipping exactly those bits (`order_k[a:b]`,
 XOR with `ufunc.at`) makes the gathered bitset exact before counting. That costs
-O(P K B) scattered bit flips per call, so B is as small as the memory budget allows
-(N = 10^6, K = 8 with the default 256 MiB: B = 3268, ~0.6 M flips against ~11 M word
-operations per 100 rows; B grows like K N^2 / budget, so for much larger N raise
-`max_level_bytes` to stay linear).
+O(P K B) scattered bit flips per call, kept minor by the level count (see
+`_choose_block`; N = 10^6, K = 8 under the default 256 MiB cap: 306 levels, B = 3268,
+~0.6 M flips against ~11 M word operations per 100 rows). Once the cap binds, B grows
+like K N^2 / cap, so for N well beyond 10^6 raise `max_level_bytes` to stay linear.
 
 Arithmetic. Both this scorer and the reference produce integer counts (samples leaving
 at each exit, samples answered right) and turn them into scores with the same few float
@@ -63,6 +64,9 @@ CONFIDENCE_MEASURES = ("maxprob", "margin", "entropy")
 
 # Budget for the scorer's level bitsets; beyond it, levels thin out (block size B > 1).
 DEFAULT_MAX_LEVEL_BYTES = 256 * 2**20
+# Below this, a level at every place (B = 1); above it, about _TARGET_LEVELS levels.
+_EXACT_LEVEL_BYTES = 64 * 2**20
+_TARGET_LEVELS = 1024
 # Budget for the scorer's temporaries within one call (chunks over threshold rows and words).
 _CALL_BYTES = 4 * 2**20
 
@@ -387,6 +391,21 @@ def _xor_bits_into(flat: np.ndarray, word: np.ndarray, n: np.ndarray) -> None:
     np.bitwise_xor.at(flat, word, _bits(n))
 
 
+def _choose_block(n: int, m: int, max_level_bytes: int) -> int:
+    """B: 1 (exact levels, no remainders) while the tables stay small, else ~1,024 levels.
+
+    Remainder flips (~B/4 scattered XORs per row and exit) cost about as much as the
+    bitset work (~N/64 words per row and exit, a dozen passes) when B ~ N / 400; ~1,024
+    levels keep them a minor part while the tables stay modest (K = 8: 90 MB at N = 10^5),
+    and `max_level_bytes` caps them (N = 10^6, K = 8: 306 levels, B = 3268).
+    """
+    per_level = max(m, 1) * ((n + 63) // 64) * 8
+    if (n + 1) * per_level <= min(_EXACT_LEVEL_BYTES, max_level_bytes):
+        return 1
+    levels = max(1, min(_TARGET_LEVELS, max_level_bytes // per_level))
+    return n // levels + 1  # then n // B + 1 <= levels rows
+
+
 class BitsetScorer:
     """Scores threshold matrices on one `ExitTable`; build once, call many times.
 
@@ -407,9 +426,8 @@ class BitsetScorer:
         self._flip = right[:-1] ^ right[1:]  # (M, W) D_k: exits k and k + 1 disagree on rightness
         self._right_last = right[K - 1]
         self._right_at_last = int(table.correct[K - 1].sum())
-        if block is None:  # smallest B with (N // B + 1) levels within the budget
-            fits = max_level_bytes // (max(M, 1) * W * 8)
-            block = 1 if fits >= N + 1 else N // max(fits, 1) + 1
+        if block is None:
+            block = _choose_block(N, M, max_level_bytes)
         if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
             raise ValueError(f"block must be a positive integer number of places; got {block!r}")
         self.block = B = int(min(block, N))
