@@ -14,8 +14,8 @@ What differs from DEAP's textbook loop, and why:
 - SBX and polynomial mutation work gene by gene with the same bounds everywhere, so each
   is applied ONCE per generation to the concatenated genes of all pairs / all children
   (the same operator as a call per pair / child, without the per-call overhead).
-  Children are fresh lists, not `deepcopy` clones, and only children whose genes changed
-  are scored; the others keep their parent's fitness.
+  Children are fresh lists, not `deepcopy` clones; a child whose genes came out
+  unchanged duplicates its parent and is dropped instead of re-scored.
 - DEAP's operators draw from the global `random` module; each run seeds it and puts the
   caller's state back afterwards, so two searches in one process share nothing and the
   caller's random stream is untouched. Fitness/individual classes are plain subclasses
@@ -160,16 +160,17 @@ def _select_parents(population: list, k: int) -> list:
     return tools.selTournamentDCD(candidates, len(candidates))[:k]
 
 
-def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, list, np.ndarray]:
+def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, np.ndarray]:
     """Children of consecutive parent pairs: SBX with probability cxpb, then mutation.
 
     DEAP's SBX and polynomial mutation treat every gene independently (same bounds for
     all), so applying each ONCE to the concatenated genes of all pairs / all children is
     the same operator as one call per pair / per child, at a fraction of the Python
-    overhead. A child whose genes came out unchanged keeps its parent's fitness.
+    overhead. A child whose genes came out unchanged is a copy of a parent already in
+    the population: it is dropped (as pymoo drops duplicates), not scored again.
 
     Returns:
-        (children, the children whose genes changed, their genes (M, K-1)).
+        (the new children, their genes (M, K-1)), M <= len(parents).
     """
     m, dim = len(parents), len(parents[0])
     crossed = [i for i in range(m // 2) if random.random() <= cxpb]
@@ -183,16 +184,13 @@ def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, list
             rows[2 * i], rows[2 * i + 1] = first[j * dim : (j + 1) * dim], second[j * dim : (j + 1) * dim]
     flat = [g for row in rows for g in row]
     toolbox.mutate(flat)
-    children, fresh = [], []
+    children, changed = [], []
     for j, parent in enumerate(parents):
-        child = _Individual(flat[j * dim : (j + 1) * dim])
-        if child == parent:
-            child.fitness.wvalues = parent.fitness.wvalues
-        else:
-            fresh.append(j)
-        children.append(child)
-    genes = np.array(flat, dtype=np.float64).reshape(m, dim)[fresh]
-    return children, [children[j] for j in fresh], genes
+        genes = flat[j * dim : (j + 1) * dim]
+        if genes != parent:
+            children.append(_Individual(genes))
+            changed.append(j)
+    return children, np.array(flat, dtype=np.float64).reshape(m, dim)[changed]
 
 
 def _check_options(pop, gens, seed, cx_eta, mut_eta, cxpb, indpb) -> None:
@@ -263,8 +261,8 @@ def nsga2_search(
         evaluations = _evaluate(population, start_points, score, archive)
         population = toolbox.select(population, pop)  # assigns crowding distances
         for _ in range(gens):
-            offspring, fresh, genes = _vary(toolbox, toolbox.parents(population, pop), cxpb)
-            evaluations += _evaluate(fresh, genes, score, archive)
+            offspring, genes = _vary(toolbox, toolbox.parents(population, pop), cxpb)
+            evaluations += _evaluate(offspring, genes, score, archive)
             population = toolbox.select(population + offspring, pop)
     return front_result(
         archive.thresholds, archive.accuracy, archive.flops,
