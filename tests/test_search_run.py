@@ -212,15 +212,18 @@ def test_library_api_result_is_complete(cache_file):
 
 
 def test_calibrate_and_ensemble_are_recorded(cache_file, tmp_path):
-    pytest.importorskip("tradeoff.calibration")
+    from tradeoff.calibration import fit_temperatures
+
     out = tmp_path / "cal"
     assert _search(cache_file, out, "--calibrate", "--ensemble", "--confidence", "margin", "--no-plots", target="0.7") == 0
     doc = json.loads((out / "thresholds.json").read_text())
     assert doc["ensemble"] is True and doc["confidence"] == "margin"
     temps = doc["calibration"]["temperatures"]
     assert len(temps) == 3 and all(t > 0 for t in temps)
-    # The recorded figures follow the calibrated ensemble rule, on test as well.
     cache = load_cache(cache_file)
+    val = cache.select("val")
+    assert temps == fit_temperatures(val.logits, val.labels).tolist()  # fitted on val only
+    # The recorded figures follow the calibrated ensemble rule, on test as well.
     test = cache.select("test")
     table = exit_table(test.logits, test.labels, test.flops, confidence="margin", ensemble=True, temperatures=np.array(temps))
     leave = exit_indices(table, np.array(doc["thresholds"]))
