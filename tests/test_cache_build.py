@@ -156,14 +156,24 @@ def test_bad_input_is_one_line_and_no_file(small_ckpt, tmp_path, capsys, case, m
     assert not (tmp_path / "out").exists()
 
 
-def test_model_returning_one_tensor_is_refused(digits):
-    class OneExit(torch.nn.Module):
+@pytest.mark.parametrize(
+    "output, match",
+    [
+        (lambda b: torch.zeros(b, 10), r"returned one tensor of shape \(4, 10\).*list of K logits tensors"),
+        (lambda b: {"out": torch.zeros(b, 10)}, r"returned dict; expected a list of K logits tensors"),
+        (lambda b: [torch.zeros(b, 10), torch.zeros(b, 5)], r"exits returned shapes \[\(4, 10\), \(4, 5\)\]"),
+        (lambda b: [torch.zeros(b), torch.zeros(b)], r"exits returned shapes \[\(4,\), \(4,\)\]"),
+        (lambda b: [torch.zeros(b, 7), torch.zeros(b, 7)], r"model has 7 classes but data 'digits' has 10"),
+    ],
+)
+def test_malformed_model_outputs_are_refused(digits, output, match):
+    class Odd(torch.nn.Module):
         def forward(self, x):
-            return torch.zeros(x.shape[0], 10)
+            return output(x.shape[0])
 
     costs = exit_costs(create_model("scan_small"), digits.input_shape)
-    with pytest.raises(ValueError, match=r"returned one tensor of shape \(4, 10\).*list of K logits tensors"):
-        build_cache(OneExit(), digits, costs, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=match):
+        build_cache(Odd(), digits, costs, batch_size=4, progress=False)
 
 
 def _write_cifar10(root, n=6, seed=0):

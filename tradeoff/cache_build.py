@@ -114,10 +114,16 @@ def predict_exits(
     """
     start, stop = (0, len(dataset.y)) if rows is None else rows
     if start % batch_size or not 0 <= start < stop <= len(dataset.y):
-        raise ValueError(f"rows {rows} must be a non-empty range of the data starting on a batch boundary")
+        raise ValueError(
+            f"rows [{start}, {stop}) must be a non-empty range of the {len(dataset.y)} samples starting on a "
+            f"multiple of the batch size {batch_size}"
+        )
     was_training = model.training
     model.eval()
     model.to(device)
+    # Inputs in the model's own floating dtype (a half-precision model gets half inputs).
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    in_dtype = first.dtype if first is not None else torch.float32
     x = dataset.x
     logits = view = None
     # Without progress the bar is off; with it, tqdm's own TQDM_DISABLE still applies.
@@ -127,7 +133,7 @@ def predict_exits(
         with torch.inference_mode():
             for a in range(start, stop, batch_size):
                 b = min(a + batch_size, stop)
-                batch = torch.from_numpy(np.ascontiguousarray(x[a:b])).to(device, torch.float32)
+                batch = torch.from_numpy(np.ascontiguousarray(x[a:b])).to(device, in_dtype)
                 outputs = _forward(model, batch, dataset, first=logits is None)
                 if logits is None:
                     K, C = len(outputs), outputs[0].shape[1]
@@ -166,8 +172,14 @@ def _forward(model, batch, dataset, *, first: bool):
             f"the model returned {type(outputs).__name__}; expected a list of K logits tensors (B, C), "
             "one per exit, shallow -> deep"
         )
-    C = outputs[0].shape[-1] if outputs[0].ndim == 2 else None
-    if C is not None and not _classes_fit(C, dataset):
+    shapes = [tuple(o.shape) for o in outputs]
+    if any(len(shape) != 2 or shape != shapes[0] or shape[0] != batch.shape[0] for shape in shapes):
+        raise ValueError(
+            f"the model's exits returned shapes {shapes} for a batch of {batch.shape[0]}; every exit must return "
+            "logits of shape (batch, classes)"
+        )
+    C = shapes[0][1]
+    if not _classes_fit(C, dataset):
         raise ValueError(
             f"the model has {C} classes but data {dataset.name!r} has {dataset.num_classes}; "
             f"pass --num-classes {dataset.num_classes} (or the data the model was trained on)"
