@@ -27,17 +27,21 @@ Any other op fvcore meets without a handle is listed in `ExitCosts.unsupported_o
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore.nn's package import scripts a loss function with the deprecated torch.jit.script.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 __all__ = ["ExitCosts", "describe_costs", "exit_costs", "EXTRA_OP_HANDLES"]
 
@@ -131,6 +135,7 @@ def _stages_of(model: nn.Module) -> list:
 
 
 def _count(module: nn.Module, x: torch.Tensor, unsupported: Counter) -> float:
+    """fvcore's total for `module(x)`, quietly: uncounted ops go to `unsupported`, not the log."""
     analysis = (
         FlopCountAnalysis(module, (x,))
         .set_op_handle(**EXTRA_OP_HANDLES)
@@ -138,13 +143,7 @@ def _count(module: nn.Module, x: torch.Tensor, unsupported: Counter) -> float:
         .uncalled_modules_warnings(False)
         .tracer_warnings("none")
     )
-    fvcore_logger = logging.getLogger("fvcore")
-    level = fvcore_logger.level
-    fvcore_logger.setLevel(logging.ERROR)
-    try:
-        total = analysis.total()
-    finally:
-        fvcore_logger.setLevel(level)
+    total = analysis.total()
     unsupported.update(analysis.unsupported_ops())
     return float(total)
 
@@ -174,10 +173,15 @@ def exit_costs(model: nn.Module, input_shape: tuple[int, ...], *, device: str | 
         ExitCosts with raw fvcore counts (one multiply-add = one FLOP).
 
     Raises:
-        ValueError: the model has no `stages()`, or `input_shape` does not fit it.
+        ValueError: the model has no `stages()`, `device` is not a device, or `input_shape`
+            does not fit the model.
     """
     stages = _stages_of(model)
     shape = _validate_input_shape(input_shape)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r} ({exc})") from None
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     x = torch.zeros((1, *shape), dtype=dtype, device=device)
