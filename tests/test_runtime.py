@@ -340,3 +340,47 @@ def test_tradeoff_run_bad_input_is_one_line(run_files, tmp_path, capsys, change,
     assert err.count("\n") == 1 and err.startswith("tradeoff run: error: ")
     assert __import__("re").search(message, err), err
     assert not list(tmp_path.glob("run-b*.json"))
+
+
+# ----------------------------------------------------------------------------- the batch-1 quick rule
+@pytest.mark.parametrize("measure", ["maxprob", "margin", "entropy"])
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_quick_decision_always_agrees_with_the_exact_rule(measure, ensemble):
+    """Python-float decisions on 6,000 random rows (near-ties and thresholds on the exact
+    confidences included) equal `exit_outputs`, or defer to it."""
+    from tradeoff.policy import exit_outputs
+    from tradeoff.runtime import QUICK_MARGIN, _quick_decision
+
+    rng = np.random.default_rng(7)
+    K, N, C = 3, 2000, 10
+    logits = (rng.standard_normal((K, N, C)) * rng.choice([0.01, 1.0, 8.0, 40.0], size=(K, N, 1))).astype(np.float32)
+    logits[:, :200, 1] = logits[:, :200, 0]  # exact ties between the top classes
+    logits[:, 200:400, 1] = np.nextafter(logits[:, 200:400, 0], np.float32(np.inf))  # one float32 ulp apart
+    temps = np.array([0.7, 1.0, 2.5])
+    conf, pred = exit_outputs(logits, confidence=measure, ensemble=ensemble, temperatures=temps)
+    deferred = 0
+    for n in range(N):
+        running = [] if ensemble else None
+        for k in range(K):
+            t_choices = (conf[k, n], np.nextafter(conf[k, n], 2.0), np.nextafter(conf[k, n], -1.0), 0.5, None)
+            t = t_choices[n % len(t_choices)]
+            quick, running = _quick_decision(logits[k, n].tolist(), float(temps[k]), measure,
+                                             None if t is None else float(t), running, k)
+            if quick is None:
+                deferred += 1
+                continue
+            leave, answer = quick
+            assert answer == pred[k, n], (k, n)
+            if t is not None:
+                assert leave == bool(conf[k, n] >= t), (k, n, conf[k, n], t)
+                assert abs(conf[k, n] - t) > QUICK_MARGIN / 2
+    # the exact rule is asked only near ties: about 3/5 of rows set t on the confidence,
+    # plus the tied rows; the rest are decided quickly
+    assert 0 < deferred < 0.8 * K * N
+
+
+def test_quick_decision_defers_on_nan_and_inf():
+    from tradeoff.runtime import _quick_decision
+
+    assert _quick_decision([float("nan"), 1.0], 1.0, "maxprob", 0.5, None, 0) == (None, None)
+    assert _quick_decision([float("inf"), 1.0], 1.0, "maxprob", 0.5, [], 0) == (None, None)

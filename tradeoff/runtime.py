@@ -17,6 +17,7 @@ and head K only) side by side, interleaved, and reports medians; `run_command` i
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -113,10 +114,17 @@ class EarlyExitModel(nn.Module):
         # NumPy float64 scalars, exactly what exit_table divides by and compares with.
         self._thresholds = list(t) + [None]
         self._temps = temps
+        self._temps_float = [float(T) for T in temps]
 
     @property
     def thresholds(self) -> np.ndarray:
+        """(K-1,) float64 thresholds."""
         return np.array(self._thresholds[:-1], dtype=np.float64)
+
+    @property
+    def temperatures(self) -> np.ndarray:
+        """(K,) float64 per-exit temperatures (ones when uncalibrated)."""
+        return self._temps.copy()
 
     def train(self, mode: bool = True):
         """Stays in eval mode: early exit is an inference-time rule."""
@@ -124,18 +132,16 @@ class EarlyExitModel(nn.Module):
             raise ValueError("EarlyExitModel is for inference only; train the wrapped model itself")
         return super().train(False)
 
-    def _decide(self, k: int, logits: torch.Tensor, history: list | None):
+    def _decide(self, k: int, history: list) -> tuple[np.ndarray, np.ndarray]:
         """Confidence (n,) and answer (n,) of exit k for the samples in flight.
 
         `policy.exit_outputs` is the one definition the cache's `exit_table` uses too.
-        With `ensemble`, `history` holds the earlier exits' logits of these samples
-        (exit k's is appended), since exit k answers with the mean softmax of 1..k.
+        `history` holds the (n, C) logits of exits 1..k of these samples (only the last
+        is needed without `ensemble`, since then exit k answers on its own softmax).
         """
-        logits = logits.numpy()
-        if history is None:
-            conf, pred = exit_outputs(logits[None], confidence=self.confidence, temperatures=self._temps[k : k + 1])
+        if not self.ensemble:
+            conf, pred = exit_outputs(history[-1][None], confidence=self.confidence, temperatures=self._temps[k : k + 1])
         else:
-            history.append(logits)
             conf, pred = exit_outputs(np.stack(history), confidence=self.confidence, ensemble=True,
                                       temperatures=self._temps[: k + 1])
         return conf[-1], pred[-1]
@@ -153,11 +159,14 @@ class EarlyExitModel(nn.Module):
         predictions = np.empty(n, dtype=np.int64)
         exits = np.empty(n, dtype=np.int64)
         alive = np.arange(n)  # original row of each sample still in flight
-        history = [] if self.ensemble else None
+        history = []  # (n, C) logits of exits 1..k of the samples in flight
         last = self.num_exits - 1
         for k in range(self.num_exits):
             x = self._sections[k](x)
-            conf, answer = self._decide(k, self._heads[k](x), history)
+            history.append(self._heads[k](x).numpy())
+            if not self.ensemble:
+                history = history[-1:]
+            conf, answer = self._decide(k, history)
             if k == last:
                 predictions[alive] = answer
                 exits[alive] = k
@@ -172,19 +181,39 @@ class EarlyExitModel(nn.Module):
                     break
                 alive = alive[stay]
                 x = x.index_select(0, torch.from_numpy(stay))
-                if history is not None:
-                    history = [h[stay] for h in history]
+                history = [h[stay] for h in history]
         return EarlyExitOutput(torch.from_numpy(predictions), torch.from_numpy(exits))
 
     def _forward_one(self, x: torch.Tensor) -> EarlyExitOutput:
-        """Batch size 1: no masks, no index bookkeeping; stop at the first confident exit."""
-        history = [] if self.ensemble else None
+        """Batch size 1: no masks, no index bookkeeping; stop at the first confident exit.
+
+        Each exit is first decided on Python floats (`_quick_decision`, a few
+        microseconds); only when the confidence lies within `QUICK_MARGIN` of the
+        threshold, or the top two classes are that close, does the exact NumPy rule
+        decide - so the outcome is always the exact rule's.
+        """
+        history = []  # (1, C) logits of the exits run so far, for the exact rule
+        running = [] if self.ensemble else None  # approximate ensemble sum, Python floats
+        use_quick = True  # False once an ensemble's running sum is lost to NaN/inf logits
         last = self.num_exits - 1
         for k in range(self.num_exits):
             x = self._sections[k](x)
-            conf, answer = self._decide(k, self._heads[k](x), history)
-            if k == last or conf[0] >= self._thresholds[k]:
-                return EarlyExitOutput(torch.tensor([int(answer[0])]), torch.tensor([k]))
+            logits = self._heads[k](x).numpy()
+            history.append(logits)
+            threshold = self._thresholds[k]
+            quick = None
+            if use_quick:
+                quick, running = _quick_decision(logits[0].tolist(), self._temps_float[k], self.confidence, threshold,
+                                                 running, k)
+                use_quick = running is not None or not self.ensemble
+            if quick is None:
+                conf, answer = self._decide(k, history)
+                leave, answer = k == last or bool(conf[0] >= threshold), int(answer[0])
+            else:
+                leave, answer = quick
+                leave = leave or k == last
+            if leave:
+                return EarlyExitOutput(torch.tensor([answer]), torch.tensor([k]))
         raise AssertionError("unreachable: the deepest exit always answers")  # pragma: no cover
 
     @torch.inference_mode()
@@ -197,6 +226,62 @@ class EarlyExitModel(nn.Module):
         for section in self._sections:
             x = section(x)
         return self._heads[-1](x).argmax(dim=-1)
+
+
+# How close (absolute) a Python-float confidence may come to its threshold, or the top
+# two probabilities to each other, before the exact NumPy rule is asked instead. Both
+# sides compute the same float64 quantities (same divisions and subtractions; exp and
+# the sum differ only by rounding, a few ulps per class), so their difference is below
+# ~C * 1e-16: 1e-9 leaves a wide berth for any C up to millions.
+QUICK_MARGIN = 1e-9
+
+
+def _quick_decision(row: list, temperature: float, measure: str, threshold, running: list | None, k: int):
+    """Decide one sample at exit k on Python floats, unless it is too close to call.
+
+    Args:
+        row: the C logits of exit k.
+        temperature: exit k's temperature.
+        measure: confidence measure.
+        threshold: exit k's threshold (None for the deepest exit).
+        running: with ensemble, the running sum of the probabilities of exits 1..k-1
+            (an empty list at k = 0); None without ensemble.
+        k: exit index (the ensemble mean divides by k + 1).
+
+    Returns:
+        ((leave, answer) or None, running): None when the exact rule must decide; the
+        ensemble sum including exit k (None without ensemble, or for NaN/inf logits).
+        `leave` is False for the deepest exit (the caller knows it always answers).
+    """
+    total = sum(row)
+    if total != total or total in (math.inf, -math.inf):  # NaN / inf: leave it to the exact rule
+        return None, None
+    if temperature != 1.0:
+        row = [v / temperature for v in row]
+    top = max(row)
+    weights = [math.exp(v - top) for v in row]
+    norm = sum(weights)
+    probs = [w / norm for w in weights]
+    if running is not None:
+        running = [a + b for a, b in zip(running, probs)] if running else probs
+        probs = [a / (k + 1) for a in running]
+    ranked = sorted(probs)
+    first, second = ranked[-1], ranked[-2]
+    if first - second <= QUICK_MARGIN:
+        return None, running
+    answer = probs.index(first)
+    if threshold is None:
+        return (False, answer), running
+    if measure == "maxprob":
+        conf = first
+    elif measure == "margin":
+        conf = min(max(first - second, 0.0), 1.0)
+    else:
+        plogp = sum(p * math.log(p) for p in probs if p > 0.0)
+        conf = min(max(1.0 + plogp / math.log(len(probs)), 0.0), 1.0)
+    if abs(conf - threshold) <= QUICK_MARGIN:
+        return None, running
+    return (conf >= threshold, answer), running
 
 
 @dataclass(frozen=True)

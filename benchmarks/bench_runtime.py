@@ -1,0 +1,168 @@
+"""Realised vs FLOPs-predicted speed-up of the demo model's early exit, at batch 1 and 64.
+
+The demo model is `scan_small` on digits with the thresholds `make demo` chose
+(`results/demo/{model.pt,thresholds.json}`); when there is no demo yet, one is trained
+and searched here with the library (kept in `results/bench/runtime-demo/` for the next
+run) - about a minute. Each row times the `EarlyExitModel`
+against the original network (sections 1..K and head K only) over the digits test split
+on one thread, interleaved and repeated, medians compared (`runtime.measure_latency`).
+
+Goal (issue 5): at batch size 1 the realised speed-up is >= 70% of the FLOPs-predicted
+one. Batch 64 is reported as it is. Diagnostic rows say where the gap comes from: the
+latency of sending every sample to exit k against the FLOPs of exit k (both relative to
+the original network), and the number of torch operator calls on the path to exit k -
+at batch 1 an 8x8 network is bound by per-operator dispatch, not by arithmetic.
+
+`quick=True` (the smoke test): a seeded random `scan_small`, thresholds at the val
+medians of its confidences, a few samples, one repeat; nothing judged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.overrides import TorchFunctionMode
+
+from benchmarks import make_row
+from tradeoff.data import load_data
+from tradeoff.flops import exit_costs
+from tradeoff.models import create_model
+from tradeoff.policy import exit_table
+from tradeoff.runtime import EarlyExitModel, evaluate_runtime, measure_latency, model_stages
+
+NAME = "runtime"
+GOAL = 0.70
+DEMO_DIR = Path("results/demo")
+WORK_DIR = Path("results/bench/runtime-demo")
+
+
+class _CountCalls(TorchFunctionMode):
+    """Counts torch function calls (conv2d, batch_norm, relu, add ...) made inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _operator_calls(fn, x) -> int:
+    with torch.inference_mode(), _CountCalls() as counter:
+        fn(x)
+    return counter.calls
+
+
+def _setup(quick: bool, workdir: Path | None):
+    """(model, thresholds, policy kwargs, source) for the demo model."""
+    if quick:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = create_model("scan_small", num_classes=10).eval()
+        val = load_data("digits", splits=("val",))
+        with torch.inference_mode():
+            logits = np.stack([o.numpy() for o in model(torch.from_numpy(val.x))])
+        table = exit_table(logits, val.y, np.ones(logits.shape[0]))
+        return model, np.median(table.confidence[:-1], axis=1), {}, "random scan_small (quick)"
+    from tradeoff.checkpoint import load_checkpoint
+    from tradeoff.thresholds_file import load_thresholds
+
+    if (DEMO_DIR / "model.pt").is_file() and (DEMO_DIR / "thresholds.json").is_file():
+        loaded = load_checkpoint(DEMO_DIR / "model.pt")
+        tf = load_thresholds(DEMO_DIR / "thresholds.json", num_exits=len(model_stages(loaded.model)),
+                             checkpoint_sha256=loaded.sha256)
+        source = str(DEMO_DIR)
+    else:
+        loaded, tf = _train_and_search(workdir)
+        source = f"trained here ({workdir})"
+    policy = {"confidence": tf.confidence, "ensemble": tf.ensemble, "temperatures": tf.temperatures}
+    return loaded.model, tf.thresholds, policy, source
+
+
+def _train_and_search(workdir: Path):
+    """No demo on disk: train scan_small on digits, cache it, search it (the demo's steps)."""
+    from tradeoff.cache import write_cache
+    from tradeoff.cache_build import build_cache
+    from tradeoff.checkpoint import load_checkpoint
+    from tradeoff.fileio import sha256_file, write_json_atomic
+    from tradeoff.report import thresholds_document
+    from tradeoff.search.run import run_search
+    from tradeoff.thresholds_file import load_thresholds
+    from tradeoff.train import train_model
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = workdir / "model.pt"
+    if not ckpt.is_file():
+        train_model("scan_small", "digits", ckpt, progress=False, log=lambda line: None)
+    loaded = load_checkpoint(ckpt)
+    data = load_data("digits", splits=("val", "test"))
+    costs = exit_costs(loaded.model, data.input_shape)
+    cache = build_cache(loaded.model, data, costs, progress=False,
+                        meta={"arch": loaded.arch, "checkpoint_sha256": loaded.sha256})
+    cache_path = write_cache(workdir / "cache.npz", cache)
+    result = run_search(cache, cache_path=cache_path)
+    write_json_atomic(workdir / "thresholds.json", thresholds_document(result))
+    tf = load_thresholds(workdir / "thresholds.json", num_exits=cache.num_exits,
+                         cache_sha256=sha256_file(cache_path), checkpoint_sha256=loaded.sha256)
+    return loaded, tf
+
+
+def run(quick: bool = False) -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure(quick, WORK_DIR)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(quick: bool, workdir: Path | None) -> list[dict]:
+    model, thresholds, policy, source = _setup(quick, workdir)
+    test = load_data("digits", splits=("test",))
+    x = torch.from_numpy(test.x[:24] if quick else test.x)
+    y = test.y[: x.shape[0]]
+    costs = exit_costs(model, test.input_shape)
+    runner = EarlyExitModel(model, thresholds, **policy)
+    K = runner.num_exits
+    rows = []
+    settings = {1: (1, 0) if quick else (9, 1), 64: (1, 0) if quick else (31, 2)}
+    for batch_size, (repeats, warmup) in settings.items():
+        report = evaluate_runtime(runner, x, y, flops=costs.flops, baseline_flops=costs.baseline_flops,
+                                  batch_size=batch_size, repeats=repeats, warmup=warmup)
+        judged = batch_size == 1 and not quick
+        fractions = ", ".join(f"{f:.0%}" for f in report.exit_fractions)
+        rows.append(make_row(
+            NAME, f"measured / predicted speed-up, batch {batch_size}", report.measured_speedup,
+            baseline=report.predicted_speedup,
+            goal=f">= {GOAL:.0%} of predicted" if batch_size == 1 else "report",
+            passed=(report.realised_fraction >= GOAL) if judged else None,
+            notes=(f"{source}; test acc {report.accuracy:.3f}; exits {fractions}; "
+                   f"{report.latency.latency_ms:.3f} vs {report.latency.baseline_latency_ms:.3f} ms/sample "
+                   f"(early exit vs original net); 1 thread, median of {repeats}"),
+        ))
+    rows += _diagnostics(runner, x[: 24 if quick else 120], costs, quick)
+    return rows
+
+
+def _diagnostics(runner: EarlyExitModel, x: torch.Tensor, costs, quick: bool) -> list[dict]:
+    """Why realised differs from predicted: latency vs FLOPs of each exit, at batch 1."""
+    K = runner.num_exits
+    model = runner.model
+    baseline_calls = _operator_calls(runner.deepest, x[:1])
+    rows = []
+    for k in range(K):
+        forced = np.array([0.0 if j == k else 1.0 for j in range(K - 1)])  # everyone leaves at exit k
+        probe = EarlyExitModel(model, forced, confidence=runner.confidence, ensemble=runner.ensemble,
+                               temperatures=runner.temperatures)
+        lat = measure_latency(probe, x, batch_size=1, repeats=1 if quick else 5, warmup=0 if quick else 1)
+        calls = _operator_calls(probe.forward, x[:1])
+        rows.append(make_row(
+            NAME, f"exit {k + 1} alone: latency / original net, batch 1", lat.latency_ms,
+            baseline=lat.baseline_latency_ms, goal="diagnostic",
+            notes=(f"FLOPs / original net = {costs.flops[k] / costs.baseline_flops:.3f}; torch calls on the path "
+                   f"{calls} vs {baseline_calls} for the original net"),
+        ))
+    return rows
