@@ -243,3 +243,13 @@ def test_error_messages():
         make_scorer(ExitTable(np.zeros((2, 0)), np.zeros((2, 0), bool), np.ones(2)))
     with pytest.raises(ValueError, match="block must be a positive integer number of places; got 0"):
         make_scorer(table, block=0)
+
+
+def test_score_thresholds_one_shot_paths_agree():
+    """Few rows go through the reference, many build a scorer: the same bits either way."""
+    rng = np.random.default_rng(10)
+    table = ExitTable(np.round(rng.random((3, 5000)), 2), rng.random((3, 5000)) < 0.6, np.array([1.0, 2.0, 4.0]))
+    t = rng.choice(np.linspace(0, 1, 101), (500, 2))  # 500 * 5000 cells: the scorer path
+    many = score_thresholds(table, t)
+    assert_identical(many, score_thresholds_reference(table, t))
+    assert_identical(score_thresholds(table, t[:3]), make_scorer(table)(t[:3]))

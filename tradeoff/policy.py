@@ -67,6 +67,8 @@ DEFAULT_MAX_LEVEL_BYTES = 256 * 2**20
 # Below this, a level at every place (B = 1); above it, about _TARGET_LEVELS levels.
 _EXACT_LEVEL_BYTES = 64 * 2**20
 _TARGET_LEVELS = 1024
+# score_thresholds: below this many (P, N) cells the reference beats building a scorer.
+_ONE_SHOT_CELLS = 2**21
 # Budget for the scorer's temporaries within one call (chunks over threshold rows and words).
 _CALL_BYTES = 4 * 2**20
 
@@ -545,8 +547,11 @@ def make_scorer(
 def score_thresholds(table: ExitTable, thresholds: np.ndarray) -> Scores:
     """Score P threshold vectors (P, K-1) on one split, all at once.
 
-    Builds a scorer each call; when scoring the same table repeatedly, keep one from
-    `make_scorer(table)` instead.
+    One-shot: few rows (P * N <= 2**21 cells) go through the reference, cheaper than
+    building a scorer; more rows build one and call it. Both give the same bits. When
+    scoring the same table repeatedly, keep one from `make_scorer(table)` instead.
     """
     t = check_thresholds(thresholds, table.num_exits)
+    if t.shape[0] * table.num_samples <= _ONE_SHOT_CELLS:
+        return score_thresholds_reference(table, t)
     return make_scorer(table)(t)
