@@ -171,10 +171,34 @@ def validate_cache(cache: ExitCache, *, source: str = "cache") -> ExitCache:
             "rebuild the cache with this version"
         )
     baseline = meta.get("baseline_flops")
-    if baseline is not None and (not isinstance(baseline, (int, float)) or not np.isfinite(baseline) or baseline <= 0):
-        raise ValueError(f"{where}meta.baseline_flops must be a positive number; got {baseline!r}")
+    if baseline is not None and not _positive_number(baseline):
+        raise ValueError(f"{where}meta.baseline_flops must be a positive number; got {_clip(baseline)}")
+    # Provenance the search copies into thresholds.json, whose reader insists on these types.
+    for key in ("arch", "checkpoint_sha256"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise ValueError(f"{where}meta.{key} must be a string; got {_clip(meta[key])}")
+    classes = meta.get("num_classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int)):
+        raise ValueError(f"{where}meta.num_classes must be an integer; got {_clip(classes)}")
     _check_finite(logits, where)
     return replace(cache, labels=labels, split=split, flops=flops)
+
+
+def _positive_number(value) -> bool:
+    """A finite number > 0 (a JSON integer too large for a float is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:
+        return False
+    return bool(np.isfinite(value) and value > 0)
+
+
+def _clip(value, limit: int = 80) -> str:
+    """repr of a value from a file, cut short so an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_finite(logits: np.ndarray, where: str) -> None:
@@ -211,11 +235,17 @@ def write_cache(path: str | os.PathLike, cache: ExitCache) -> Path:
 
 
 def load_cache(path: str | os.PathLike) -> ExitCache:
-    """Read and validate a cache file; never unpickles.
+    """Read and validate a cache file; never unpickles, never trusts a declared size.
+
+    The archive is read member by member: each `.npy` header is parsed first and its
+    declared shape x item size must equal the bytes the zip member really holds before
+    a single array byte is allocated, so a corrupted or hostile header (say a shape of
+    (2**40,)) is refused instead of exhausting memory.
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: if it is not a cache, is truncated, or breaks an invariant.
+        ValueError: if it is not a cache, is truncated, or breaks an invariant (one line
+            naming the file, what is wrong and the fix).
     """
     path = Path(path)
     if not path.exists():
@@ -223,14 +253,15 @@ def load_cache(path: str | os.PathLike) -> ExitCache:
     if path.is_dir():
         raise ValueError(f"{path} is a directory; pass the cache file (.npz) itself")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ValueError("not an .npz archive")
-            missing = [key for key in REQUIRED_KEYS if key not in archive.files]
-            if missing:
-                raise ValueError(f"missing keys {missing}")
-            arrays = {key: archive[key] for key in REQUIRED_KEYS}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        arrays = _read_members(path)
+    except MemoryError:
+        raise ValueError(
+            f"{path}: its arrays do not fit in this machine's memory; use a machine with more memory "
+            "or store the logits as float16 (`tradeoff cache --logits-dtype float16`)"
+        ) from None
+    except _BadCache as exc:
+        raise ValueError(f"{path}: {exc}; rebuild it with `tradeoff cache` or `tradeoff import`") from None
+    except Exception as exc:  # zipfile/zlib/numpy raise many types for damaged bytes; all mean "unreadable"
         raise ValueError(
             f"{path} is not a readable tradeoff cache ({_short(exc)}); "
             "it may be truncated or another file - rebuild it with `tradeoff cache` or `tradeoff import`"
@@ -238,10 +269,83 @@ def load_cache(path: str | os.PathLike) -> ExitCache:
     meta_raw = arrays["meta"]
     try:
         meta = json.loads(str(meta_raw[()]) if meta_raw.shape == () else "")
-    except (json.JSONDecodeError, TypeError, ValueError):
+    except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
         raise ValueError(f"{path}: meta is not a JSON string; rebuild the cache with `tradeoff cache`") from None
     cache = ExitCache(arrays["logits"], arrays["labels"], arrays["split"], arrays["flops"], meta)
     return validate_cache(cache, source=str(path))
+
+
+class _BadCache(ValueError):
+    """A structural fault found while reading, already phrased for the user."""
+
+
+# A deflate stream expands at most ~1032-fold; a member claiming more is lying.
+_MAX_DEFLATE_RATIO = 1032
+_CHUNK = 1 << 24  # bytes read per step, so no second full-size buffer is ever made
+
+
+def _read_members(path: Path) -> dict[str, np.ndarray]:
+    """The REQUIRED_KEYS arrays of the `.npz` at `path`, each checked before it is allocated."""
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        missing = [key for key in REQUIRED_KEYS if f"{key}.npy" not in names]
+        if missing:
+            raise _BadCache(f"missing keys {missing} (a cache holds {', '.join(REQUIRED_KEYS)})")
+        return {key: _read_member(archive, archive.getinfo(f"{key}.npy"), size) for key in REQUIRED_KEYS}
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int) -> np.ndarray:
+    """One `.npy` member: header parsed and checked against the member's real size, then read."""
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise _BadCache(f"member {name} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _BadCache(f"member {name} uses zip compression method {info.compress_type}; expected stored or deflated")
+    if info.header_offset + info.compress_size > archive_size:
+        raise _BadCache(f"member {name} extends past the end of the file (truncated)")
+    limit = info.compress_size if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO * info.compress_size + 64
+    if info.file_size > limit:
+        raise _BadCache(f"member {name} claims {info.file_size} bytes from {info.compress_size} stored")
+    with archive.open(info) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise _BadCache(f"member {name} is .npy format version {version[0]}.{version[1]}; expected 1.0 or 2.0")
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biufcUS":
+            raise _BadCache(
+                f"member {name} holds dtype {dtype.str} (Python objects or records); a cache holds plain numbers and "
+                "strings and is never unpickled"
+            )
+        if dtype.itemsize == 0:
+            raise _BadCache(f"member {name} holds dtype {dtype.str} of zero item size")
+        if any(int(dim) < 0 for dim in shape):
+            raise _BadCache(f"member {name} declares a negative dimension in shape {tuple(shape)}")
+        count = 1
+        for dim in shape:
+            count *= int(dim)
+        declared = count * dtype.itemsize
+        held = info.file_size - stream.tell()
+        if declared != held:
+            raise _BadCache(
+                f"member {name} declares shape {tuple(shape)} of {dtype.str} = {declared} bytes but holds {held}; "
+                "the file is truncated or corrupted"
+            )
+        flat = np.empty(count, dtype=dtype)
+        buffer = flat.view(np.uint8)
+        done = 0
+        while done < declared:
+            block = stream.read(min(_CHUNK, declared - done))
+            if not block:
+                raise _BadCache(f"member {name} ends after {done} of {declared} bytes (truncated)")
+            buffer[done : done + len(block)] = np.frombuffer(block, dtype=np.uint8)
+            done += len(block)
+    if fortran:
+        return flat.reshape(shape[::-1]).transpose()
+    return flat.reshape(shape)
 
 
 def _short(exc: BaseException) -> str:
