@@ -41,7 +41,7 @@ def _random_dataset(n: int, num_classes: int, input_shape: tuple, seed: int = 0)
 def run(quick: bool = False) -> list[dict]:
     # quick: the embedded scan_small on a few 8x8 inputs, to check the rows, not the speed.
     arch, classes, shape = ("scan_small", 10, (1, 8, 8)) if quick else ("scan_resnet18", 100, (3, 32, 32))
-    n, batch, repeats = (8, 4, 1) if quick else (192, 64, 5)
+    n, batch, repeats = (8, 4, 1) if quick else (128, 64, 9)
     torch.manual_seed(0)
     model = create_model(arch, num_classes=classes).eval()
     dataset = _random_dataset(n, classes, shape)

@@ -97,6 +97,10 @@ def test_second_run_reuses_and_another_model_is_refused(small_ckpt, tmp_path, ca
     assert "another model" in err and "delete it or pass another --out" in err and len(err.splitlines()) == 1
     assert out.read_bytes() == before[0]
 
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 1, 8, 8), np.float32), y=np.arange(6))
+    assert main(["cache", "--ckpt", str(small_ckpt), "--out", str(out), "--data", f"npz:{tmp_path / 'd.npz'}"]) == 1
+    assert "holds a cache of another data" in capsys.readouterr().err and out.read_bytes() == before[0]
+
     # Same model, other dtype: rebuilt in place, with float16 logits.
     assert main(["cache", "--ckpt", str(small_ckpt), "--out", str(out), "--logits-dtype", "float16"]) == 0
     assert "rebuilding" in capsys.readouterr().err
@@ -134,6 +138,9 @@ def _npz_data(path, x, y):
         ("shape", r"does not accept data 'npz-bad' of input shape \(3, 32, 32\)"),
         ("classes", r"model has 10 classes but data .npz-bad. has 12"),
         ("batch", r"--batch-size must be a positive integer; got 0"),
+        ("truncated", r"small.pt is not a PyTorch checkpoint.*truncated"),
+        ("unsafe", r"--trust-checkpoint"),
+        ("nodir", r"cifar10 directory .*nowhere does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_no_file(small_ckpt, tmp_path, capsys, case, match):
@@ -147,13 +154,33 @@ def test_bad_input_is_one_line_and_no_file(small_ckpt, tmp_path, capsys, case, m
         args += ["--data", _npz_data(tmp_path / "bad.npz", rng.random((4, 3, 32, 32)), np.arange(4))]
     elif case == "classes":
         args += ["--data", _npz_data(tmp_path / "bad.npz", rng.random((12, 1, 8, 8)), np.arange(12))]
+    elif case == "truncated":
+        (tmp_path / "small.pt").write_bytes(small_ckpt.read_bytes()[:5000])
+        args[2] = str(tmp_path / "small.pt")
+    elif case == "unsafe":
+        torch.save({"state_dict": {}, "hook": _Marker(str(tmp_path / "marker"))}, tmp_path / "evil.pt")
+        args[2] = str(tmp_path / "evil.pt")
+    elif case == "nodir":
+        args += ["--data", f"cifar10:{tmp_path / 'nowhere'}"]
     else:
         args += ["--batch-size", "0"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert __import__("re").search(match, err), err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "marker").exists()
+
+
+class _Marker:
+    """Unpickling this touches a file: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
 
 
 @pytest.mark.parametrize(
@@ -207,7 +234,11 @@ def test_official_bare_state_dict_on_cifar_layout(tmp_path, capsys):
     assert meta["arch"] == "scan_resnet18" and meta["num_classes"] == 10 and meta["data_name"] == "cifar10"
     assert len(meta["exit_names"]) == 4 and not set(INFORMATIONAL_META) - set(meta)
 
-    # Without --arch a bare state_dict cannot be built: one clear line, no file.
+    # Without --arch, or with the wrong one, a bare state_dict cannot be built: one line, no file.
     out.unlink()
+    capsys.readouterr()
     assert main(args[:3] + args[7:]) == 1
     assert "--arch" in capsys.readouterr().err and not out.exists()
+    assert main(args[:4] + ["scan_resnet34"] + args[5:]) == 1
+    err = capsys.readouterr().err
+    assert "scan_resnet18" in err and len(err.strip().splitlines()) == 1 and not out.exists()
