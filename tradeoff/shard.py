@@ -7,6 +7,7 @@ atomically to `<out>.shard-<rank>-of-<world>.npz`, and rank 0 merges the shards 
 cache. Blocks start on the single-process run's batch boundaries, so every sample goes
 through the network in exactly the batch it would have met in a single-process run: the
 merged float32 logits are the same bytes (with the same thread count per process).
+Across several machines the output directory must be on a file system they all see.
 
 Nothing here knows about models: the caller passes a function that computes a block.
 """
@@ -116,7 +117,10 @@ def read_shard(path: Path, rows: tuple[int, int], key: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as archive:
             got_key, got_rows, logits = str(archive["key"][()]), tuple(archive["rows"].tolist()), archive["logits"]
     except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise ValueError(f"shard {path} is missing or unreadable ({exc}); rerun the torchrun command") from None
+        raise ValueError(
+            f"shard {path} is missing or unreadable ({exc}); with several machines the output directory must be "
+            "on a file system every process sees - rerun the torchrun command"
+        ) from None
     if got_key != key or got_rows != tuple(rows) or logits.ndim != 3 or logits.shape[1] not in (0, rows[1] - rows[0]):
         raise ValueError(f"shard {path} belongs to another run (rows {got_rows}, expected {tuple(rows)}); rerun")
     return logits
