@@ -115,13 +115,16 @@ def _large_rows(n: int, k: int, classes: int, P: int, smaller: int, repeats: int
     small_scorer = make_scorer(small_table)
     t_small = _call_seconds(small_scorer, t, repeats)
     del small_scorer, small_table
+    tracemalloc.start()  # NumPy reports its buffers to tracemalloc: this is the workload's own peak
     table, table_seconds = _large_table(n, k, classes)
-    tracemalloc.start()
+    workload_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
     start = time.perf_counter()
     scorer = make_scorer(table)
     build = time.perf_counter() - start
     t_large = _call_seconds(scorer, t, repeats)
-    traced_peak = tracemalloc.get_traced_memory()[1]
+    scorer_peak = tracemalloc.get_traced_memory()[1]
+    peak = max(workload_peak, scorer_peak)
     tracemalloc.stop()
     identical = _identical(scorer(t[:4]), score_thresholds_reference(table, t[:4]))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
@@ -138,9 +141,11 @@ def _large_rows(n: int, k: int, classes: int, P: int, smaller: int, repeats: int
                        "the level tables outgrow the CPU caches and the block B grows under the memory cap"),
         make_row(NAME, "large cache: exit_table seconds (maxprob)", table_seconds, goal="informational",
                  notes=f"{shape}; float64 softmax in chunks of 65,536 samples (the runtime repeats it bit for bit)"),
-        make_row(NAME, "large cache: peak memory, GB", rss / 1e9, goal="< 4 GB", passed=bool(rss < 4e9),
-                 notes=f"{shape}; process peak RSS (includes the 8 x N x C float32 logits and the table); "
-                       f"scorer build + calls traced peak {traced_peak / 1e9:.2f} GB"),
+        make_row(NAME, "large cache: peak memory, GB", peak / 1e9, goal="< 4 GB", passed=bool(peak < 4e9),
+                 notes=f"{shape}; traced peak of generating the cache ({k} x N x C float32 logits) and its exit "
+                       f"table {workload_peak / 1e9:.2f} GB, of building the scorer and calling it (table alive) "
+                       f"{scorer_peak / 1e9:.2f} GB; the process's peak RSS so far {rss / 1e9:.2f} GB "
+                       "(includes whatever ran before in this process)"),
     ]
 
 
@@ -149,6 +154,8 @@ def run(quick: bool = False) -> list[dict]:
     rows = _speed_rows(quick)
     if quick:
         rows += _large_rows(20_000, 8, 10, 20, 2_000, 1)
+        for row in rows:  # a smoke run judges nothing (identity is still in the notes)
+            row["passed"] = None
     else:
         rows += _large_rows(1_000_000, 8, 10, 100, 100_000, 5)
     return rows
