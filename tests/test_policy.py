@@ -253,3 +253,13 @@ def test_score_thresholds_one_shot_paths_agree():
     many = score_thresholds(table, t)
     assert_identical(many, score_thresholds_reference(table, t))
     assert_identical(score_thresholds(table, t[:3]), make_scorer(table)(t[:3]))
+
+
+def test_popcount_fallback_without_numpy2(monkeypatch):
+    """setup.cfg allows NumPy 1.24 (no np.bitwise_count): the lookup-table popcount agrees."""
+    rng = np.random.default_rng(11)
+    table = ExitTable(rng.random((4, 300)), rng.random((4, 300)) < 0.5, np.arange(1.0, 5.0))
+    t = rng.random((20, 3))
+    expected = score_thresholds_reference(table, t)
+    monkeypatch.delattr(np, "bitwise_count")
+    assert_identical(make_scorer(table, block=7)(t), expected)

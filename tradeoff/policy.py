@@ -389,6 +389,21 @@ def _block_bitsets(order: np.ndarray, block: int, out: np.ndarray) -> None:
     out.reshape(-1)[key[starts]] = np.bitwise_or.reduceat(_bits(n), starts)
 
 
+_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount_into(words: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = number of set bits of each uint64 in `words` (out float64, same shape).
+
+    `np.bitwise_count` (NumPy >= 2.0, pinned in constraints.txt); setup.cfg still allows
+    NumPy 1.24, where a byte lookup table does the same.
+    """
+    if hasattr(np, "bitwise_count"):
+        np.bitwise_count(words, out=out, casting="unsafe")
+    else:  # NumPy < 2
+        out[...] = _BYTE_POPCOUNT[words.view(np.uint8)].reshape(*words.shape, 8).sum(axis=-1)
+
+
 def _xor_bits_into(flat: np.ndarray, word: np.ndarray, n: np.ndarray) -> None:
     """flat[word[i]] ^= bit of sample n[i] (repeated words allowed)."""
     np.bitwise_xor.at(flat, word, _bits(n))
@@ -491,7 +506,7 @@ class BitsetScorer:
         for k in range(1, M):
             np.bitwise_xor(right, flips[k], out=right)
         pop = np.empty((M + 1, P, W), dtype=np.float64)
-        np.bitwise_count(buf, out=pop, casting="unsafe")
+        _popcount_into(buf, pop)
         # (M + 1, P); float64 adds integers < 2**53 exactly in any order; einsum, not BLAS
         # (no thread pool whose stragglers stall a call on a busy machine)
         sums = np.einsum("mpw->mp", pop).astype(np.int64)
