@@ -43,6 +43,7 @@ def test_pareto_data_is_exactly_the_result(result):
     assert data.chosen == plots.ChosenMark("nsga", c.val.flops / 1e6, c.val.accuracy, c.test.flops / 1e6, c.test.accuracy, c.test_accuracy_ci95)
     assert data.target_accuracy == result.exits[-1].val_accuracy - 0.01  # deepest exit minus the 1-point drop
     assert data.budget_mflops is None
+    assert data.target_label == f"deepest exit - 1 points ({data.target_accuracy:.4f})"
     assert data.baseline_mflops == result.baseline_flops / 1e6
     assert data.title == "synthetic - four.npz"
 
@@ -87,7 +88,7 @@ def test_pareto_figure_draws_what_was_gathered(result):
     ax = fig.axes[0]
     labels = ax.get_legend_handles_labels()[1]
     assert labels[:2] == ["NSGA-II front (val)", "same thresholds on test"]
-    assert "target accuracy" in " ".join(labels) and "chosen (test)" in labels
+    assert data.target_label in labels and "chosen (test)" in labels
     line = next(l for l in ax.get_lines() if l.get_label() == "NSGA-II front (val)")
     assert tuple(line.get_xdata()) == data.fronts[0].val_mflops
     assert tuple(line.get_ydata()) == data.fronts[0].val_accuracy
@@ -97,7 +98,8 @@ def test_pareto_figure_draws_what_was_gathered(result):
 
 
 def test_budget_pick_draws_a_budget_line(result):
-    data = plots.ParetoPlotData(**{**plots.pareto_plot_data(result).__dict__, "target_accuracy": None, "budget_mflops": 90.0})
+    data = plots.ParetoPlotData(**{**plots.pareto_plot_data(result).__dict__, "target_accuracy": None, "budget_mflops": 90.0,
+                                              "target_label": "budget 90 MFLOPs"})
     fig = plots.plot_pareto(data)
     assert "budget 90 MFLOPs" in fig.axes[0].get_legend_handles_labels()[1]
     fig.clear()
@@ -143,3 +145,13 @@ def test_plot_command_damaged_runs_fail_in_one_line(result, tmp_path, capsys, da
 def test_gather_rejects_other_things():
     with pytest.raises(TypeError, match="takes a SearchResult, a RunFiles or a run directory path; got int"):
         plots.pareto_plot_data(3)
+
+
+def test_speedup_ticks_are_round_and_apart():
+    ticks = plots._speedup_ticks(9.0, (1.6, 9.4))
+    positions = [9.0 / t for t in ticks]
+    assert ticks[0] == 5.0 and ticks[-1] == 1.0  # 1.8 MFLOPs and 9 MFLOPs are in range
+    assert all(b - a >= 0.07 * 7.8 for a, b in zip(positions, positions[1:]))
+    ticks = plots._speedup_ticks(560.0, (270.0, 720.0))
+    assert ticks[0] == 2.0 and ticks[-1] == 0.8 and len(ticks) >= 6
+    assert all(560 / b - 560 / a >= 0.07 * 450 for a, b in zip(ticks, ticks[1:]))

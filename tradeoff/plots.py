@@ -87,6 +87,7 @@ class ParetoPlotData:
         target_accuracy: the accuracy line the pick had to reach (target, or deepest exit
             minus the allowed drop), or None for a budget pick.
         budget_mflops: the budget line for a budget pick, else None.
+        target_label: legend text of that line (None when there is no line).
     """
 
     title: str
@@ -96,6 +97,7 @@ class ParetoPlotData:
     chosen: ChosenMark
     target_accuracy: float | None
     budget_mflops: float | None
+    target_label: str | None
 
 
 @dataclass(frozen=True)
@@ -153,14 +155,21 @@ def _title(arch, cache_path) -> str:
     return f"{arch or 'unknown arch'} - {name}"
 
 
-def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, float | None]:
+def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, float | None, str | None]:
+    """(accuracy line, budget line in MFLOPs, legend text) of a pick (`Pick.as_dict()`)."""
     if "target_acc" in pick:
-        return float(pick["target_acc"]), None
-    if "max_drop" in pick:
-        return deepest_val_acc - float(pick["max_drop"]) / 100.0, None
+        target = float(pick["target_acc"])
+        return target, None, f"target accuracy {target:g}"
     if "budget_flops" in pick:
-        return None, float(pick["budget_flops"]) / 1e6
-    return None, None
+        budget = float(pick["budget_flops"]) / 1e6
+        return None, budget, f"budget {budget:.4g} MFLOPs"
+    if "max_drop" in pick:
+        drop = float(pick["max_drop"])
+        level = deepest_val_acc - drop / 100.0
+        if pick.get("default") or drop == 0:
+            return level, None, f"deepest exit alone on val ({level:.4f})"
+        return level, None, f"deepest exit - {drop:g} points ({level:.4f})"
+    return None, None, None
 
 
 def _source(data, gather: str):
@@ -196,7 +205,7 @@ def pareto_plot_data(source) -> ParetoPlotData:
     fronts += [FrontSeries(f.method, _mflops(f.val.flops), _floats(f.val.accuracy)) for f in result.fronts if f.method != "nsga"]
     exits = tuple(ExitPoint(e.name, e.flops / 1e6, e.val_accuracy, e.test_accuracy) for e in result.exits)
     c = result.chosen
-    target, budget = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
+    target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
     return ParetoPlotData(
         title=_title(result.cache_meta.get("arch"), result.cache_path),
         baseline_mflops=result.baseline_flops / 1e6,
@@ -205,6 +214,7 @@ def pareto_plot_data(source) -> ParetoPlotData:
         chosen=ChosenMark(c.method, c.val.flops / 1e6, c.val.accuracy, c.test.flops / 1e6, c.test.accuracy, _floats(c.test_accuracy_ci95)),
         target_accuracy=target,
         budget_mflops=budget,
+        target_label=label,
     )
 
 
@@ -246,7 +256,7 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
             fronts.append(FrontSeries(str(front["method"]), _mflops(front["val_flops"]), _floats(front["val_accuracy"])))
     exits = tuple(ExitPoint(str(e["name"]), float(e["flops"]) / 1e6, float(e["val_accuracy"]), float(e["test_accuracy"])) for e in summary["exits"])
     val, test = chosen_doc["val"], chosen_doc["test"]
-    target, budget = _target_lines(summary["settings"]["pick"], exits[-1].val_accuracy)
+    target, budget, label = _target_lines(summary["settings"]["pick"], exits[-1].val_accuracy)
     return ParetoPlotData(
         title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
         baseline_mflops=float(summary["cache"]["baseline_flops"]) / 1e6,
@@ -262,6 +272,7 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
         ),
         target_accuracy=target,
         budget_mflops=budget,
+        target_label=label,
     )
 
 
@@ -327,13 +338,16 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
                linewidths=0.9, zorder=5, label="each exit alone (test)")
     for e in data.exits:
         ax.annotate(e.name, (e.mflops, e.val_accuracy), xytext=(0, 9), textcoords="offset points", ha="center",
-                    va="bottom", fontsize=8.5, zorder=7)
+                    va="bottom", fontsize=8.5, zorder=7,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
 
     c = data.chosen
     ax.scatter([c.val_mflops], [c.val_accuracy], marker="D", s=70, color=_CHOSEN_COLOR, zorder=6, label="chosen (val)")
     ax.scatter([c.test_mflops], [c.test_accuracy], marker="D", s=70, facecolors="none", edgecolors=_CHOSEN_COLOR,
                linewidths=1.5, zorder=6, label="chosen (test)")
-    ax.plot([c.test_mflops, c.test_mflops], list(c.test_ci95), color=_CHOSEN_COLOR, lw=1.2, zorder=6)
+    ax.errorbar([c.test_mflops], [c.test_accuracy],
+                yerr=[[c.test_accuracy - c.test_ci95[0]], [c.test_ci95[1] - c.test_accuracy]],
+                fmt="none", ecolor=_CHOSEN_COLOR, elinewidth=1.2, capsize=4, zorder=6)
     speed = data.baseline_mflops / c.val_mflops
     text = (
         f"chosen ({_METHOD_LABELS.get(c.method, c.method)})\n"
@@ -354,11 +368,9 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
         zorder=7,
     )
     if data.target_accuracy is not None:
-        ax.axhline(data.target_accuracy, ls="--", lw=1.0, color="0.35", zorder=1,
-                   label=f"target accuracy {data.target_accuracy:.4g}")
+        ax.axhline(data.target_accuracy, ls="--", lw=1.0, color="0.35", zorder=1, label=data.target_label)
     if data.budget_mflops is not None:
-        ax.axvline(data.budget_mflops, ls="--", lw=1.0, color="0.35", zorder=1,
-                   label=f"budget {data.budget_mflops:.4g} MFLOPs")
+        ax.axvline(data.budget_mflops, ls="--", lw=1.0, color="0.35", zorder=1, label=data.target_label)
 
     _limit_to_exits(ax, data)
     ax.set_xlabel("mean cost per sample (MFLOPs, fvcore count)")
@@ -372,10 +384,33 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
             return np.where(x > 0, baseline / np.where(x > 0, x, 1.0), np.inf)
 
     top = ax.secondary_xaxis("top", functions=(to_speedup, to_speedup))
+    top.set_xticks(_speedup_ticks(baseline, ax.get_xlim()))
+    top.xaxis.set_major_formatter(lambda value, _pos: f"{value:g}")
     top.set_xlabel("speed-up vs the original network (x)")
     ax.set_title(f"Accuracy vs cost - {data.title}", fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False, borderaxespad=0.0)
     return fig
+
+
+_NICE_SPEEDUPS = (0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5, 3.0,
+                  4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 40.0, 50.0, 100.0)
+
+
+def _speedup_ticks(baseline_mflops: float, xlim: tuple[float, float], min_gap: float = 0.07) -> list[float]:
+    """Round speed-ups whose positions on the cost axis are at least `min_gap` of its width apart.
+
+    Speed-up is baseline / cost, so evenly spaced speed-ups crowd at the cheap end; picking
+    from a list of round values by their distance on the cost axis keeps labels apart.
+    """
+    lo, hi = xlim
+    width = hi - lo
+    ticks, last = [], None
+    for s in sorted(_NICE_SPEEDUPS, reverse=True):  # cost ascending
+        x = baseline_mflops / s
+        if lo <= x <= hi and (last is None or x - last >= min_gap * width):
+            ticks.append(s)
+            last = x
+    return ticks
 
 
 def _limit_to_exits(ax, data: ParetoPlotData) -> None:
