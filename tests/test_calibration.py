@@ -60,6 +60,11 @@ def test_fit_stops_at_the_bounds():
     assert 80 < t[0] < 120
 
 
+def test_flat_logits_keep_temperature_one():
+    logits = np.zeros((1, 30, 4), np.float32)  # NLL = log 4 whatever T is
+    assert fit_temperatures(logits, np.arange(30) % 4).tolist() == [1.0]
+
+
 def test_temperatures_keep_predictions_and_change_confidence():
     z, y = calibrated_logits(n=500, c=6, seed=3)
     logits = np.stack([3.0 * z, z]).astype(np.float32)

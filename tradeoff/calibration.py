@@ -107,11 +107,12 @@ def _fit_one(z: np.ndarray, labels: np.ndarray, bounds: tuple[float, float], tol
     """The T in `bounds` minimising exit z's (N, C) mean NLL: Newton on f'(beta) = 0 in a bracket."""
     lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]  # beta range
     d_lo = _nll_and_derivatives(z, labels, lo)[1]
-    if d_lo >= 0:  # f increasing over the range: the smallest beta (largest T) is best
+    if d_lo > 0:  # f increasing over the range: the smallest beta (largest T) is best
         return bounds[1]
     d_hi = _nll_and_derivatives(z, labels, hi)[1]
-    if d_hi <= 0:
+    if d_hi < 0:
         return bounds[0]
+    # (f flat, e.g. every row's logits equal: f' = 0 at beta = 1 below, and T = 1 stays)
     beta = min(max(1.0, lo), hi)
     for _ in range(200):
         _, d1, d2 = _nll_and_derivatives(z, labels, beta)
