@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import matplotlib
 import pytest
@@ -136,8 +137,6 @@ def test_plot_command_damaged_runs_fail_in_one_line(result, tmp_path, capsys, da
     assert main(["plot", str(run)]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    import re
-
     assert re.search(match, err), err
     assert not (run / "pareto.png").exists()
 

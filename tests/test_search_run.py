@@ -1,6 +1,7 @@
 """`tradeoff search` end to end on synthetic caches: files, honesty, determinism, bad input."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -305,8 +306,6 @@ def test_bad_caches_fail_in_one_line_and_write_nothing(tmp_path, capsys, name):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("tradeoff search: error: ")
-    import re
-
     assert re.search(match, err), err
     assert not out.exists() and not (tmp_path / "run.lock").exists()
 
@@ -333,8 +332,6 @@ def test_bad_options_fail_in_one_line_and_write_nothing(cache_file, tmp_path, ca
     assert main(["search", "--cache", str(cache_file), "--out", str(out), *FAST, *args]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    import re
-
     assert re.search(match, err), err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
