@@ -198,3 +198,25 @@ def test_summary_text_names_the_pick_and_the_figures(results):
     for e in a.exits:
         assert e.name in text
     np.testing.assert_allclose(sum(a.chosen.val.exit_fractions), 1.0)
+
+
+def test_directories_are_exchanged_atomically_where_linux_allows(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("from a")
+    (b / "y").write_text("from b")
+    if not report._exchange(a, b):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here; write_run uses the rename-aside path")
+    assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
+
+
+def test_rename_aside_path_also_replaces_whole_runs(results, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "_exchange", lambda a, b: False)
+    a, b = results
+    out = tmp_path / "run"
+    report.write_run(out, a)
+    (out / "stray.txt").write_text("old")
+    report.write_run(out, b)
+    assert (out / "pareto.csv").read_text() == report.pareto_csv(b) and not (out / "stray.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -372,8 +373,9 @@ def write_run(
 
     The files (`thresholds.json`, `pareto.csv`, `summary.json`, then whatever each
     callable in `extra` writes, e.g. the plots) go into a temporary sibling directory;
-    then, holding the exclusive lock on `<out>.lock`, an existing `out` is renamed aside,
-    the new directory renamed to `out`, and the old one removed. If anything fails
+    then, holding the exclusive lock on `<out>.lock`, it is swapped with an existing
+    `out` in one atomic exchange (Linux), or else the old `out` is renamed aside and the
+    new directory renamed to `out`; the old run is then removed. If anything fails
     before the swap, the temporary directory is removed and `out` is untouched.
 
     Returns:
@@ -400,17 +402,43 @@ def write_run(
         os.chmod(tmp, 0o755)
         with run_lock(out):
             _remove_stale(parent, out.name)
-            old = None
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=parent))
-                os.replace(out, old / "run")
-            os.replace(tmp, out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            if out.is_dir() and _exchange(tmp, out):
+                shutil.rmtree(tmp, ignore_errors=True)  # now holds the old run
+            else:
+                old = None
+                if out.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=parent))
+                    os.replace(out, old / "run")
+                os.replace(tmp, out)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`).
+
+    With it, `out` never stops existing while a run replaces it, so even a reader that
+    does not take the lock sees the old run or the new one. Returns False where the call
+    is unavailable (other systems, old kernels or file systems without support); the
+    caller then renames the old run aside first, which leaves a window of microseconds
+    in which `out` is absent (never a mix).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
 
 
 def _remove_stale(parent: Path, name: str) -> None:
