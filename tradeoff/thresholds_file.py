@@ -106,6 +106,11 @@ def load_thresholds(
             f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             "it may be truncated - rerun `tradeoff search` to rewrite it"
         ) from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting too deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(":")[0]
+        raise ValueError(
+            f"{where} is not a thresholds JSON file ({reason}); pass the thresholds.json written by `tradeoff search`"
+        ) from None
     if not isinstance(doc, dict):
         raise ValueError(f"{where} must hold a JSON object; got a JSON {type(doc).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in doc]
@@ -118,12 +123,12 @@ def load_thresholds(
     thresholds = _thresholds(doc["thresholds"], where)
     measure = doc["confidence"]
     if measure not in CONFIDENCE_MEASURES:
-        raise ValueError(f"{where}: confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {measure!r}")
+        raise ValueError(f"{where}: confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {_clip(measure)}")
     if not isinstance(doc["ensemble"], bool):
-        raise ValueError(f"{where}: ensemble must be true or false; got {doc['ensemble']!r}")
+        raise ValueError(f"{where}: ensemble must be true or false; got {_clip(doc['ensemble'])}")
     file_k = doc.get("num_exits")
     if file_k is not None and (isinstance(file_k, bool) or not isinstance(file_k, int) or file_k < 2):
-        raise ValueError(f"{where}: num_exits must be an integer >= 2; got {file_k!r}")
+        raise ValueError(f"{where}: num_exits must be an integer >= 2; got {_clip(file_k)}")
     if file_k is not None and file_k != thresholds.size + 1:
         raise ValueError(
             f"{where} is inconsistent: num_exits = {file_k} needs {file_k - 1} thresholds but it holds "
@@ -153,12 +158,12 @@ def load_thresholds(
     if checkpoint_sha256 is not None and file_ckpt_sha is not None and file_ckpt_sha != checkpoint_sha256:
         raise ValueError(
             f"{where} was searched for another model: its checkpoint_sha256 is {file_ckpt_sha[:12]}... but the "
-            f"checkpoint's is {checkpoint_sha256[:12]}... (arch {doc.get('arch')!r}); pass the checkpoint the "
+            f"checkpoint's is {checkpoint_sha256[:12]}... (arch {_clip(doc.get('arch'))}); pass the checkpoint the "
             "cache was built from, or cache and search this one"
         )
     for split in ("val", "test"):
         if not isinstance(doc.get(split, {}), dict):
-            raise ValueError(f"{where}: {split} must be a JSON object of figures; got {doc[split]!r}")
+            raise ValueError(f"{where}: {split} must be a JSON object of figures; got {_clip(doc[split])}")
     return ThresholdsFile(
         path=path,
         thresholds=thresholds,
@@ -180,18 +185,17 @@ def _thresholds(value, where: str) -> np.ndarray:
     """(K-1,) float64 in [0, 1] from the file's list."""
     if not isinstance(value, list) or not value:
         raise ValueError(
-            f"{where}: thresholds must be a non-empty list of numbers, one per exit but the deepest; got {value!r}"
+            f"{where}: thresholds must be a non-empty list of numbers, one per exit but the deepest; got {_clip(value)}"
         )
     bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (int, float))]
     if bad:
-        raise ValueError(f"{where}: thresholds must be numbers; got {bad[0]!r} in {value}")
-    out = np.asarray(value, dtype=np.float64)
-    outside = [float(v) for v in out if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+        raise ValueError(f"{where}: thresholds must be numbers; got {_clip(bad[0])} in a list of {len(value)}")
+    outside = [v for v in value if not (0 <= v <= 1 and math.isfinite(v))]  # exact for huge integers too
     if outside:
         raise ValueError(
-            f"{where}: thresholds must lie in [0, 1] (they are confidences); got {outside[0]!r} in {value}"
+            f"{where}: thresholds must lie in [0, 1] (they are confidences); got {_clip(outside[0])} in a list of {len(value)}"
         )
-    return out
+    return np.asarray(value, dtype=np.float64)
 
 
 def _temperatures(calibration, K: int, where: str) -> np.ndarray | None:
@@ -199,20 +203,28 @@ def _temperatures(calibration, K: int, where: str) -> np.ndarray | None:
     if calibration is None:
         return None
     if not isinstance(calibration, dict) or "temperatures" not in calibration:
-        raise ValueError(f"{where}: calibration must be null or {{\"temperatures\": [...]}}; got {calibration!r}")
+        raise ValueError(f"{where}: calibration must be null or {{\"temperatures\": [...]}}; got {_clip(calibration)}")
     temps = calibration["temperatures"]
     if (
         not isinstance(temps, list)
         or len(temps) != K
         or any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in temps)
-        or not all(math.isfinite(t) and t > 0 for t in temps)
+        or not all(0 < t < 1e300 and math.isfinite(t) for t in temps)
     ):
-        raise ValueError(f"{where}: calibration.temperatures must be {K} positive numbers, one per exit; got {temps!r}")
+        raise ValueError(
+            f"{where}: calibration.temperatures must be {K} positive numbers, one per exit; got {_clip(temps)}"
+        )
     return np.asarray(temps, dtype=np.float64)
 
 
 def _optional_str(doc: dict, key: str, where: str) -> str | None:
     value = doc.get(key)
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"{where}: {key} must be a string or null; got {value!r}")
+        raise ValueError(f"{where}: {key} must be a string or null; got {_clip(value)}")
     return value
+
+
+def _clip(value, limit: int = 80) -> str:
+    """repr of a value read from the file, cut short so the error stays one readable line."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**60 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= limit else text[:limit] + "..."
