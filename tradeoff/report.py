@@ -115,6 +115,17 @@ def _cell(value, float_format: str) -> str:
     return str(value)
 
 
+def mflops_text(flops: float) -> str:
+    """A cost for display, in MFLOPs with a fixed number of decimals per magnitude
+    (so a column of them lines up): 466.0, 12.35, 0.1234."""
+    m = float(flops) / 1e6
+    if abs(m) >= 100:
+        return f"{m:.1f}"
+    if abs(m) >= 1:
+        return f"{m:.2f}"
+    return f"{m:.4f}"
+
+
 # --------------------------------------------------------------------------- documents
 def _floats(values) -> list[float]:
     return [float(v) for v in values]
@@ -314,7 +325,7 @@ def summary_text(result) -> str:
         if split == "test":
             acc += f" [{lo:.4f}, {hi:.4f}]"
         rows.append(
-            [split, acc, fig.flops / 1e6, f"{fig.speedup:.3f}x", f"{fig.speedup_all_exits:.3f}x"]
+            [split, acc, mflops_text(fig.flops), f"{fig.speedup:.3f}x", f"{fig.speedup_all_exits:.3f}x"]
             + [f"{100 * f:.1f}%" for f in fig.exit_fractions]
         )
     chosen_table = format_table(
@@ -323,7 +334,7 @@ def summary_text(result) -> str:
         title="chosen point",
     )
     exit_table = format_table(
-        [[e.name, f"{e.val_accuracy:.4f}", f"{e.test_accuracy:.4f}", e.flops / 1e6, f"{e.speedup:.3f}x"] for e in result.exits],
+        [[e.name, f"{e.val_accuracy:.4f}", f"{e.test_accuracy:.4f}", mflops_text(e.flops), f"{e.speedup:.3f}x"] for e in result.exits],
         ["exit alone", "val acc", "test acc", "MFLOPs", "speed-up"],
         title="each exit alone",
     )
