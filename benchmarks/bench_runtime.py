@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from benchmarks import make_row
+from benchmarks import interleaved_medians, make_row, median
 from tradeoff.data import load_data
 from tradeoff.flops import exit_costs
 from tradeoff.models import create_model
@@ -48,6 +48,10 @@ class _CountCalls(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls += 1
         return func(*args, **(kwargs or {}))
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _operator_calls(fn, x) -> int:
@@ -128,6 +132,7 @@ def _measure(quick: bool, workdir: Path | None) -> list[dict]:
     runner = EarlyExitModel(model, thresholds, **policy)
     K = runner.num_exits
     rows = []
+    batch_one = None
     settings = {1: (1, 0) if quick else (9, 1), 64: (1, 0) if quick else (31, 2)}
     for batch_size, (repeats, warmup) in settings.items():
         report = evaluate_runtime(runner, x, y, flops=costs.flops, baseline_flops=costs.baseline_flops,
@@ -141,23 +146,35 @@ def _measure(quick: bool, workdir: Path | None) -> list[dict]:
             passed=(report.realised_fraction >= GOAL) if judged else None,
             notes=(f"{source}; test acc {report.accuracy:.3f}; exits {fractions}; "
                    f"{report.latency.latency_ms:.3f} vs {report.latency.baseline_latency_ms:.3f} ms/sample "
-                   f"(early exit vs original net); 1 thread, median of {repeats}"),
+                   f"(early exit vs original net; oneDNN {_on(report.latency.mkldnn)} / "
+                   f"{_on(report.latency.baseline_mkldnn)}, the faster for each); 1 thread, median of {repeats}"),
         ))
-    rows += _diagnostics(runner, x[: 24 if quick else 120], costs, quick)
+        batch_one = batch_one or report
+    rows += _diagnostics(runner, x[: 24 if quick else 120], costs, batch_one, quick)
     return rows
 
 
-def _diagnostics(runner: EarlyExitModel, x: torch.Tensor, costs, quick: bool) -> list[dict]:
-    """Why realised differs from predicted: latency vs FLOPs of each exit, at batch 1."""
+def _diagnostics(runner: EarlyExitModel, x: torch.Tensor, costs, batch_one, quick: bool) -> list[dict]:
+    """Why realised differs from predicted, at batch 1.
+
+    Per exit: the latency of sending every sample there against the original network,
+    beside the FLOPs ratio and the torch calls on the path. Then the speed-up those
+    per-exit latencies predict for the measured exit fractions (if it matches the
+    measured one, the gap is the model's per-exit cost, not the runtime's), and the
+    runtime's own cost: the exit-1 path through the runner against calling section 1
+    and head 1 directly.
+    """
     K = runner.num_exits
     model = runner.model
     baseline_calls = _operator_calls(runner.deepest, x[:1])
-    rows = []
+    repeats, warmup = (1, 0) if quick else (5, 1)
+    rows, ratios = [], []
     for k in range(K):
         forced = np.array([0.0 if j == k else 1.0 for j in range(K - 1)])  # everyone leaves at exit k
         probe = EarlyExitModel(model, forced, confidence=runner.confidence, ensemble=runner.ensemble,
                                temperatures=runner.temperatures)
-        lat = measure_latency(probe, x, batch_size=1, repeats=1 if quick else 5, warmup=0 if quick else 1)
+        lat = measure_latency(probe, x, batch_size=1, repeats=repeats, warmup=warmup)
+        ratios.append(lat.latency_ms / lat.baseline_latency_ms)
         calls = _operator_calls(probe.forward, x[:1])
         rows.append(make_row(
             NAME, f"exit {k + 1} alone: latency / original net, batch 1", lat.latency_ms,
@@ -165,4 +182,37 @@ def _diagnostics(runner: EarlyExitModel, x: torch.Tensor, costs, quick: bool) ->
             notes=(f"FLOPs / original net = {costs.flops[k] / costs.baseline_flops:.3f}; torch calls on the path "
                    f"{calls} vs {baseline_calls} for the original net"),
         ))
+        if k == 0:
+            rows.append(_runtime_overhead(probe, x, lat.mkldnn, repeats, warmup))
+    from_latency = 1.0 / float(np.dot(batch_one.exit_fractions, ratios))
+    rows.append(make_row(
+        NAME, "measured speed-up vs per-exit latencies' prediction, batch 1", batch_one.measured_speedup,
+        baseline=from_latency, goal="diagnostic",
+        notes="ratio ~1: the realised speed-up is what the per-exit path latencies allow; FLOPs do not predict them",
+    ))
     return rows
+
+
+def _runtime_overhead(probe: EarlyExitModel, x: torch.Tensor, mkldnn: bool, repeats: int, warmup: int) -> dict:
+    """The runner's own per-sample cost: exit-1 path through it vs section 1 + head 1 called bare."""
+    section, head = probe._sections[0], probe._heads[0]
+    samples = [x[i : i + 1].contiguous() for i in range(x.shape[0])]
+
+    def bare():
+        with torch.inference_mode():
+            for b in samples:
+                head(section(b))
+
+    def runner():
+        for b in samples:
+            probe(b)
+
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        times = interleaved_medians({"runner": runner, "bare": bare}, repeats=repeats, warmup=warmup)
+    per_sample = {name: median(t) * 1e3 / len(samples) for name, t in times.items()}
+    return make_row(
+        NAME, "runtime overhead: exit-1 path via runner / bare section+head, batch 1", per_sample["runner"],
+        baseline=per_sample["bare"], goal="diagnostic",
+        notes=(f"{(per_sample['runner'] - per_sample['bare']) * 1e3:.0f} us/sample for the exit decision, "
+               "inference_mode and the output tensors"),
+    )

@@ -246,6 +246,9 @@ def test_measure_latency_and_report(model, digits, full_logits):
     assert len(lat.passes_ms) == 3 and len(lat.baseline_passes_ms) == 3
     assert lat.latency_ms == sorted(lat.passes_ms)[1] and lat.num_samples == 20 and lat.batch_size == 8
     assert lat.latency_ms > 0 and lat.baseline_latency_ms > 0
+    assert isinstance(lat.mkldnn, bool) and isinstance(lat.baseline_mkldnn, bool)
+    fixed = measure_latency(runner, x[:4], batch_size=2, repeats=1, warmup=0, tune_backend=False)
+    assert fixed.mkldnn == fixed.baseline_mkldnn == torch.backends.mkldnn.enabled
     with pytest.raises(ValueError, match="--repeats must be >= 1; got 0"):
         measure_latency(runner, x[:4], repeats=0)
     with pytest.raises(ValueError, match="--batch-size must be >= 1; got 0"):
