@@ -108,13 +108,16 @@ def _add_train(sub) -> None:
     p.add_argument("--data", default="digits")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt, tradeoff format)")
     p.add_argument("--main", help="frozen MainNet checkpoint (SideNet only)")
-    p.add_argument("--width-fraction", type=float, help="small network's share of channels (Adjoined only)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--width-fraction", type=float, help="small network's share of channels (Adjoined only; default 0.5)")
+    p.add_argument("--tap", type=int, help="SideNet only: the side head reads layer<TAP>'s output (default: the middle layer)")
+    p.add_argument("--epochs", type=int, help="default: 200 for CIFAR (the paper's schedule), 30 otherwise")
+    p.add_argument("--batch-size", type=int, help="default: 128 for CIFAR, 64 otherwise")
+    p.add_argument("--lr", type=float, help="default: 0.1 SGD for CIFAR, 3e-3 Adam otherwise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for small data, all cores for CIFAR)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling --main (only files you trust)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -153,8 +156,9 @@ def _cmd_run(args) -> int:
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train the embedded default, cache it, search it, plot it")
-    p.add_argument("--out", default="results/demo")
+    p.add_argument("--out", default="results/demo", help="run directory to write (an old demo there is replaced)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="training epochs (default: the digits schedule)")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -1,0 +1,173 @@
+"""`make demo` (`tradeoff demo --out results/demo`): the whole tool in a few minutes on a CPU.
+
+Train `scan_small` on scikit-learn's 8x8 digits (fixed seed), cache every exit's logits on
+val and test, search thresholds with the default pick (no loss against the deepest exit
+on val), and leave one run directory:
+
+    <out>/model.pt  cache.npz  thresholds.json  pareto.csv  summary.json  pareto.png  exits.png
+
+The model and cache are built in a staging directory beside `<out>` and moved into the run
+directory inside `report.write_run`, which swaps the finished directory in as one step: a
+reader (or a second demo) never sees a half-written `<out>`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+MODEL_FILE = "model.pt"
+CACHE_FILE = "cache.npz"
+DEMO_ARCH = "scan_small"
+DEMO_DATA = "digits"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo produced and what it found.
+
+    Attributes:
+        out: the run directory.
+        exit_test_accuracy: (K,) each exit alone on test, shallow -> deep.
+        thresholds: (K-1,) the chosen per-exit thresholds.
+        val_accuracy, test_accuracy: of the chosen point.
+        speedup_val, speedup_test: baseline_flops / mean cost, on each split.
+        exit_fractions_test: (K,) where the test samples left.
+        seconds: {"train", "cache", "search", "total"} wall times.
+    """
+
+    out: Path
+    exit_test_accuracy: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    val_accuracy: float
+    test_accuracy: float
+    speedup_val: float
+    speedup_test: float
+    exit_fractions_test: tuple[float, ...]
+    seconds: dict
+
+
+def run_demo(
+    out: str | os.PathLike = "results/demo",
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    pop: int = 100,
+    gens: int = 100,
+    progress: bool = True,
+    log=print,
+) -> DemoResult:
+    """Train, cache, search and plot; write everything to `out` (replacing an old demo).
+
+    Args:
+        out: run directory to write.
+        seed: seeds the training and the search.
+        epochs: training epochs (default: the digits schedule of `train.SMALL_CONFIG`).
+        pop, gens: NSGA-II population and generations.
+        progress: tqdm bars on stderr.
+        log: callable taking one line of text.
+    """
+    from tradeoff import plots, report
+    from tradeoff.cache import load_cache
+    from tradeoff.cli import build_parser
+    from tradeoff.search.run import run_search
+    from tradeoff.train import default_config, train_model
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a directory for the demo's results")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+    except OSError as exc:
+        raise PermissionError(f"--out {out}: cannot write in {parent}/ ({exc.strerror or exc}); choose another --out") from None
+    seconds: dict = {}
+    started = time.perf_counter()
+    try:
+        # 1. train
+        log(f"[1/3] training {DEMO_ARCH} on {DEMO_DATA} (seed {seed})")
+        config = default_config(DEMO_DATA, epochs=epochs, seed=seed)
+        t0 = time.perf_counter()
+        trained = train_model(DEMO_ARCH, DEMO_DATA, staging / MODEL_FILE, config=config, progress=progress, log=log)
+        seconds["train"] = time.perf_counter() - t0
+
+        # 2. cache (the `tradeoff cache` command itself, so the demo shows what users run)
+        log(f"[2/3] caching every exit's logits on val and test")
+        t0 = time.perf_counter()
+        cache_args = build_parser().parse_args(
+            ["cache", "--ckpt", str(staging / MODEL_FILE), "--data", DEMO_DATA, "--out", str(staging / CACHE_FILE)]
+        )
+        cache_args.func(cache_args)
+        seconds["cache"] = time.perf_counter() - t0
+
+        # 3. search, then write the run directory in one step with the model and cache inside
+        log(f"[3/3] searching thresholds (NSGA-II {pop} x {gens}, default pick: no loss against the deepest exit on val)")
+        t0 = time.perf_counter()
+        cache = load_cache(staging / CACHE_FILE)
+        result = run_search(cache, pick=None, pop=pop, gens=gens, seed=seed, cache_path=staging / CACHE_FILE)
+        result = replace(result, cache_path=str(out / CACHE_FILE))  # where it lives once moved (same bytes)
+
+        def move_artefacts(run_dir: Path) -> None:
+            for name in (MODEL_FILE, CACHE_FILE):
+                os.replace(staging / name, run_dir / name)
+
+        def draw(run_dir: Path) -> None:
+            plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir)
+
+        report.write_run(out, result, extra=[move_artefacts, draw])
+        seconds["search"] = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    seconds["total"] = time.perf_counter() - started
+    seconds["train_loop"] = trained.seconds
+    chosen = result.chosen
+    return DemoResult(
+        out=out,
+        exit_test_accuracy=tuple(float(e.test_accuracy) for e in result.exits),
+        thresholds=tuple(float(t) for t in chosen.thresholds),
+        val_accuracy=float(chosen.val.accuracy),
+        test_accuracy=float(chosen.test.accuracy),
+        speedup_val=float(chosen.val.speedup),
+        speedup_test=float(chosen.test.speedup),
+        exit_fractions_test=tuple(float(f) for f in chosen.test.exit_fractions),
+        seconds=seconds,
+    )
+
+
+def demo_summary(result: DemoResult) -> str:
+    """A few lines: the network, the chosen thresholds, what they give on val and test."""
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    exits = " / ".join(pct(a) for a in result.exit_test_accuracy)
+    lines = [
+        "",
+        f"demo results in {result.out}/",
+        f"  each exit alone on test (shallow -> deep): {exits}; deepest exit {pct(result.exit_test_accuracy[-1])}",
+        f"  chosen thresholds: {', '.join(f'{t:.4f}' for t in result.thresholds)}",
+        f"  accuracy: val {pct(result.val_accuracy)}, test {pct(result.test_accuracy)}",
+        f"  speed-up vs the single-exit network (FLOPs): val {result.speedup_val:.2f}x, test {result.speedup_test:.2f}x",
+        f"  test samples leaving at each exit: {' / '.join(pct(f) for f in result.exit_fractions_test)}",
+        f"  time: train {result.seconds['train']:.1f} s, cache {result.seconds['cache']:.1f} s, "
+        f"search+report {result.seconds['search']:.1f} s, total {result.seconds['total']:.1f} s",
+        f"  next: open {result.out}/pareto.png, or `tradeoff run --ckpt {result.out}/{MODEL_FILE} "
+        f"--thresholds {result.out}/thresholds.json`",
+    ]
+    return "\n".join(lines)
+
+
+def demo_command(args) -> int:
+    """`tradeoff demo`: run the demo and print its summary."""
+    import torch
+
+    # The digits models are tiny: one thread is faster than two (and than oversubscribing
+    # a busy machine); see the README.
+    torch.set_num_threads(1)
+    result = run_demo(args.out, seed=args.seed, epochs=getattr(args, "epochs", None), log=print)
+    print(demo_summary(result))
+    sys.stdout.flush()
+    return 0
