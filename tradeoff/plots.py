@@ -432,7 +432,8 @@ def _limit_to_exits(ax, data: ParetoPlotData) -> None:
         costs.append(data.budget_mflops)
     lo_c, hi_c = min(costs), max(costs)
     pad_c = 0.05 * (hi_c - lo_c) if hi_c > lo_c else 0.05 * hi_c
-    ax.set_xlim(max(0.0, lo_c - pad_c), hi_c + pad_c)
+    # Keep the left edge above 0: the speed-up axis is baseline / cost (inf at 0).
+    ax.set_xlim(max(0.5 * lo_c, lo_c - pad_c), hi_c + pad_c)
 
 
 def plot_exits(data: ExitsPlotData, *, figsize: tuple[float, float] = (8.0, 4.8)):
