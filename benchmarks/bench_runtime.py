@@ -30,7 +30,7 @@ from tradeoff.data import load_data
 from tradeoff.flops import exit_costs
 from tradeoff.models import create_model
 from tradeoff.policy import exit_table
-from tradeoff.runtime import EarlyExitModel, evaluate_runtime, measure_latency, model_stages
+from tradeoff.runtime import EarlyExitModel, evaluate_runtime, measure_latency, mkldnn_enabled, model_stages
 
 NAME = "runtime"
 GOAL = 0.70
@@ -207,7 +207,7 @@ def _runtime_overhead(probe: EarlyExitModel, x: torch.Tensor, mkldnn: bool, repe
         for b in samples:
             probe(b)
 
-    with torch.backends.mkldnn.flags(enabled=mkldnn):
+    with mkldnn_enabled(mkldnn):
         times = interleaved_medians({"runner": runner, "bare": bare}, repeats=repeats, warmup=warmup)
     per_sample = {name: median(t) * 1e3 / len(samples) for name, t in times.items()}
     return make_row(

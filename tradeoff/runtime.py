@@ -17,6 +17,7 @@ and head K only) side by side, interleaved, and reports medians; `run_command` i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import sys
@@ -324,6 +325,20 @@ def make_batches(x, batch_size: int) -> list[torch.Tensor]:
     return [x[i : i + batch_size].contiguous() for i in range(0, x.shape[0], batch_size)]
 
 
+@contextlib.contextmanager
+def mkldnn_enabled(enabled: bool):
+    """Use oneDNN convolutions or not within the block, then restore the setting.
+
+    (`torch.backends.mkldnn.flags` also sets oneDNN's TF32 mode, which warns on CPU builds.)
+    """
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 def measure_latency(runner: EarlyExitModel, x, *, batch_size: int = 1, repeats: int = 5, warmup: int = 1,
                     tune_backend: bool = True, progress: bool = False) -> Latency:
     """Time `runner` and `runner.deepest` over all of x (N, ...), interleaved.
@@ -360,7 +375,7 @@ def measure_latency(runner: EarlyExitModel, x, *, batch_size: int = 1, repeats: 
     choices = (True, False) if tune_backend and torch.backends.mkldnn.is_available() else (default,)
 
     def one_pass(fn, mkldnn: bool) -> float:
-        with torch.backends.mkldnn.flags(enabled=mkldnn):
+        with mkldnn_enabled(mkldnn):
             start = time.perf_counter()
             for batch in batches:
                 fn(batch)
