@@ -312,6 +312,12 @@ def check_model_fits(model: nn.Module, arch: str, dataset) -> int:
     """
     shape = tuple(int(s) for s in dataset.input_shape)
     expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(expected) != shape:
+        # Fully convolutional nets may run on other sizes; a declared input shape is the contract.
+        raise ValueError(
+            f"model {arch!r} does not fit --data {dataset.spec}: the data's inputs have shape {shape} and it expects "
+            f"inputs of shape {tuple(expected)}; pick a model made for this data"
+        )
     x = torch.as_tensor(dataset.x[:2])
     was_training = model.training
     model.eval()
