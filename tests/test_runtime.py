@@ -31,15 +31,23 @@ K = 3  # scan_small's exits
 
 def _decisive_scan_small(seed: int = 0) -> nn.Module:
     """A seeded random scan_small whose heads are scaled up so confidences spread over [0, 1]."""
+    return _decisive("scan_small", seed)
+
+
+def _decisive(arch: str, seed: int = 0, **kwargs) -> nn.Module:
+    """A seeded random `arch` whose heads' linear layers are scaled up (confidences spread out)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = create_model("scan_small", num_classes=10)
+        model = create_model(arch, **kwargs)
+    scaled = set()  # Adjoined heads share weights: scale each tensor once
     with torch.no_grad():
         for _, head in model.stages():
             for module in head.modules():
                 if isinstance(module, nn.Linear):
-                    module.weight.mul_(60.0)
-                    module.bias.mul_(60.0)
+                    for param in (module.weight, module.bias):
+                        if param is not None and id(param) not in scaled:
+                            param.mul_(60.0)
+                            scaled.add(id(param))
     return model.eval()
 
 
@@ -202,6 +210,29 @@ def test_runner_outputs_are_int64_tensors_and_model_is_in_eval(digits):
     assert out.predictions.shape == (7,) and out.exits.shape == (7,)
     with pytest.raises(ValueError, match="inference only"):
         runner.train()
+
+
+@pytest.mark.parametrize(
+    "arch, kwargs, shape",
+    [("sidenet", {}, (1, 8, 8)), ("adjoined_small", {}, (1, 8, 8)),
+     ("scan_resnet18", {"num_classes": 100}, (3, 32, 32))],
+)
+def test_other_families_run_early_exit_exactly(arch, kwargs, shape):
+    """SideNet, Adjoined and the SCAN ResNets expose stages(); decisions match the exit rule."""
+    model = _decisive(arch, 1, **kwargs)
+    x = torch.from_numpy(np.random.default_rng(0).random((24, *shape), dtype=np.float32))
+    with torch.inference_mode():
+        logits = np.stack([out.numpy() for out in model(x)])
+    K_arch = logits.shape[0]
+    y = np.zeros(24, dtype=np.int64)
+    _, _, conf = _reference(logits, y, np.zeros(K_arch - 1))
+    t = _safe_thresholds(conf, (0.5,))[0]
+    exits, answers, _ = _reference(logits, y, t)
+    assert len(np.unique(exits)) >= 2
+    for batch_size in (24, 1):
+        preds, got = run_early_exit(EarlyExitModel(model, t), x, batch_size=batch_size)
+        np.testing.assert_array_equal(got, exits)
+        np.testing.assert_array_equal(preds, answers)
 
 
 class _NoStages(nn.Module):

@@ -164,7 +164,7 @@ class EarlyExitModel(nn.Module):
         last = self.num_exits - 1
         for k in range(self.num_exits):
             x = self._sections[k](x)
-            history.append(self._heads[k](x).numpy())
+            history.append(self._heads[k](x).cpu().numpy())
             if not self.ensemble:
                 history = history[-1:]
             conf, answer = self._decide(k, history)
@@ -181,7 +181,7 @@ class EarlyExitModel(nn.Module):
                 if stay.size == 0:
                     break
                 alive = alive[stay]
-                x = x.index_select(0, torch.from_numpy(stay))
+                x = x.index_select(0, torch.from_numpy(stay).to(x.device))
                 history = [h[stay] for h in history]
         return EarlyExitOutput(torch.from_numpy(predictions), torch.from_numpy(exits))
 
@@ -208,7 +208,7 @@ class EarlyExitModel(nn.Module):
                                                  running, k)
                 use_quick = running is not None or not self.ensemble
             if quick is None:
-                conf, answer = self._decide(k, [h.numpy() for h in history])
+                conf, answer = self._decide(k, [h.cpu().numpy() for h in history])
                 leave, answer = k == last or bool(conf[0] >= threshold), int(answer[0])
             else:
                 leave, answer = quick
