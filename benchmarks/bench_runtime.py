@@ -3,15 +3,17 @@
 The demo model is `scan_small` on digits with the thresholds `make demo` chose
 (`results/demo/{model.pt,thresholds.json}`); when there is no demo yet, one is trained
 and searched here with the library (kept in `results/bench/runtime-demo/` for the next
-run) - about a minute. Each row times the `EarlyExitModel`
-against the original network (sections 1..K and head K only) over the digits test split
-on one thread, interleaved and repeated, medians compared (`runtime.measure_latency`).
+run) - about a minute. Each row times the `EarlyExitModel` against the original network
+(sections 1..K and head K only) over the digits test split on one thread, interleaved
+and repeated, medians compared, each side on its faster convolution backend
+(`runtime.measure_latency`).
 
 Goal (issue 5): at batch size 1 the realised speed-up is >= 70% of the FLOPs-predicted
 one. Batch 64 is reported as it is. Diagnostic rows say where the gap comes from: the
 latency of sending every sample to exit k against the FLOPs of exit k (both relative to
-the original network), and the number of torch operator calls on the path to exit k -
-at batch 1 an 8x8 network is bound by per-operator dispatch, not by arithmetic.
+the original network), the number of torch operator calls on the path to exit k (at
+batch 1 an 8x8 network is bound by per-operator dispatch, not by arithmetic), the
+speed-up those per-exit latencies predict, and the runner's own per-sample overhead.
 
 `quick=True` (the smoke test): a seeded random `scan_small`, thresholds at the val
 medians of its confidences, a few samples, one repeat; nothing judged.
@@ -195,7 +197,7 @@ def _diagnostics(runner: EarlyExitModel, x: torch.Tensor, costs, batch_one, quic
 
 def _runtime_overhead(probe: EarlyExitModel, x: torch.Tensor, mkldnn: bool, repeats: int, warmup: int) -> dict:
     """The runner's own per-sample cost: exit-1 path through it vs section 1 + head 1 called bare."""
-    section, head = probe._sections[0], probe._heads[0]
+    section, head = model_stages(probe.model)[0]
     samples = [x[i : i + 1].contiguous() for i in range(x.shape[0])]
 
     def bare():
