@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -31,7 +32,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{_OWNER}-{os.getpid()}.", suffix=".tmp", dir=parent)
     except PermissionError as exc:
         raise PermissionError(f"cannot write to {parent}/: permission denied; choose another output path") from exc
     except OSError as exc:
@@ -48,6 +50,54 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.unlink(tmp)
         raise
     _fsync_dir(parent)
+
+
+# Temporary files are named `.<name>.<host>-<pid>.<random>.tmp`, so a later writer of the same
+# file can tell the leftovers of a killed process (same host, pid gone) from live ones.
+_OWNER = socket.gethostname().replace("/", "_") or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers of `path` left beside it.
+
+    Only files of this host whose writing process no longer exists are removed; a live
+    writer's file, or one from another host sharing the directory, is never touched.
+
+    Returns:
+        The paths removed.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    prefix = _temp_prefix(path)
+    removed = []
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        owner = candidate.name[len(prefix) : -len(".tmp")].rsplit(".", 1)[0]
+        host, _, pid = owner.rpartition("-")
+        if host == _OWNER and pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid we can ask about: leave its file
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -17,6 +17,7 @@ command starts fast.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -579,7 +580,12 @@ def newest_cache(directory: str | os.PathLike = DEFAULT_CACHE_DIR) -> tuple[Path
         FileNotFoundError: if there is none, saying to run `tradeoff cache` first.
     """
     directory = Path(directory)
-    files = sorted(p for p in directory.glob("*.npz") if p.is_file()) if directory.is_dir() else []
+    # Hidden names are temporaries; `.shard-R-of-W.npz` are the blocks of a torchrun run that was
+    # killed before its merge (tradeoff.shard): neither is a cache.
+    files = sorted(
+        p for p in directory.glob("*.npz")
+        if p.is_file() and not p.name.startswith(".") and not re.search(r"\.shard-\d+-of-\d+\.npz$", p.name)
+    ) if directory.is_dir() else []
     if not files:
         raise FileNotFoundError(
             f"no cache given and none found under {directory}/; run `tradeoff cache --ckpt MODEL` first "
