@@ -10,12 +10,10 @@ shares the machine. Goal: caching throughput >= 95% of the bare loop's.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import torch
 
+from benchmarks import interleaved_medians, make_row, median
 from tradeoff.cache_build import build_cache
 from tradeoff.data import Dataset
 from tradeoff.flops import exit_costs
@@ -56,26 +54,20 @@ def run(quick: bool = False) -> list[dict]:
     def cached() -> None:
         build_cache(model, dataset, costs, batch_size=batch, progress=False)
 
-    timings = {bare: [], cached: []}
-    bare(), cached()  # warm-up: allocator, oneDNN kernels
-    for r in range(repeats):
-        for fn in ((bare, cached) if r % 2 == 0 else (cached, bare)):
-            start = time.perf_counter()
-            fn()
-            timings[fn].append(time.perf_counter() - start)
-    t_bare, t_cache = statistics.median(timings[bare]), statistics.median(timings[cached])
+    times = interleaved_medians({"bare": bare, "cache": cached}, repeats=repeats, warmup=1)
+    t_bare, t_cache = median(times["bare"]), median(times["cache"])
     ratio = t_bare / t_cache  # = cache throughput / bare throughput
-    return [{
-        "benchmark": "cache",
-        "metric": f"build_cache throughput (img/s), {arch} {'x'.join(map(str, shape[1:]))} CPU",
-        "value": n / t_cache,
-        "baseline": n / t_bare,
-        "ratio": ratio,
-        "goal": f"ratio >= {GOAL} (vs bare model(x) loop, same batches)",
-        "passed": None if quick else bool(ratio >= GOAL),
-        "notes": f"N={n}, batch {batch}, {torch.get_num_threads()} threads, median of {repeats} interleaved runs"
-                 + (" (quick: timings not meaningful)" if quick else ""),
-    }]
+    return [make_row(
+        "cache",
+        f"build_cache throughput (img/s), {arch} {'x'.join(map(str, shape[1:]))} CPU",
+        n / t_cache,
+        baseline=n / t_bare,
+        ratio=ratio,
+        goal=f"ratio >= {GOAL} (vs bare model(x) loop, same batches)",
+        passed=None if quick else ratio >= GOAL,
+        notes=f"N={n}, batch {batch}, {torch.get_num_threads()} threads, median of {repeats} interleaved runs"
+              + (" (quick: timings not meaningful)" if quick else ""),
+    )]
 
 
 if __name__ == "__main__":  # pragma: no cover

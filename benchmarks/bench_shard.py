@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import make_row, median
 from tradeoff.checkpoint import save_checkpoint
 from tradeoff.models import create_model
 
@@ -100,21 +100,21 @@ def run(quick: bool = False) -> list[dict]:
                 (tmp / name).unlink()
     rows = []
     for i, phase in enumerate(("whole command (wall)", "compute phase (reported)")):
-        t_one = statistics.median(t[i] for t in times[single])
-        t_two = statistics.median(t[i] for t in times[sharded])
+        t_one = median(t[i] for t in times[single])
+        t_two = median(t[i] for t in times[sharded])
         ratio = t_one / t_two  # = 2-process throughput / 1-process throughput
-        rows.append({
-            "benchmark": "shard",
-            "metric": f"2-process torchrun caching throughput (img/s), {phase}, {arch}",
-            "value": n / t_two,
-            "baseline": n / t_one,
-            "ratio": ratio,
-            "goal": f"ratio >= {GOAL} (vs one process; one thread each)",
-            "passed": None if quick else bool(ratio >= GOAL),
-            "notes": f"N={n} {'x'.join(map(str, shape[1:]))}, batch {batch}, gloo on CPU, median of {repeats} "
-                     f"interleaved runs; merged logits byte-identical to one process: {identical}"
-                     + (" (quick: timings not meaningful)" if quick else ""),
-        })
+        rows.append(make_row(
+            "shard",
+            f"2-process torchrun caching throughput (img/s), {phase}, {arch}",
+            n / t_two,
+            baseline=n / t_one,
+            ratio=ratio,
+            goal=f"ratio >= {GOAL} (vs one process; one thread each)",
+            passed=None if quick else ratio >= GOAL,
+            notes=f"N={n} {'x'.join(map(str, shape[1:]))}, batch {batch}, gloo on CPU, median of {repeats} "
+                  f"interleaved runs; merged logits byte-identical to one process: {identical}"
+                  + (" (quick: timings not meaningful)" if quick else ""),
+        ))
     return rows
 
 
