@@ -1,0 +1,81 @@
+"""Concurrent runs on one output end with one complete, valid result, never a mix.
+
+`tradeoff cache`: the cache is written to a temporary file and renamed, so two processes
+building the same `--out` leave one whole cache (identical to a single run's, since the
+logits are deterministic). `tradeoff search`: a run directory is built aside and swapped
+in under a lock (`report.write_run`), so racers with different seeds leave exactly one
+racer's files, byte for byte. (`tests/test_search_run.py::test_processes_threads_and_concurrent_writers`
+races two searches too and checks 1 vs 2 threads give identical bytes.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tradeoff.cache import load_cache, write_cache
+from tradeoff.checkpoint import save_checkpoint
+from tradeoff.cli import main
+from tradeoff.models import create_model
+from tradeoff.synthetic import synthetic_cache
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TQDM_DISABLE="1", MPLBACKEND="Agg")
+RESULT_FILES = ("thresholds.json", "pareto.csv")
+
+
+def _run_all(commands, cwd):
+    procs = [subprocess.Popen([sys.executable, "-m", "tradeoff", *args], cwd=cwd, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in commands]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err.decode()[-2000:]
+    return [out.decode() for out, _ in outputs]
+
+
+def test_two_cache_processes_on_one_out_leave_one_whole_cache(tmp_path):
+    ckpt = tmp_path / "model.pt"
+    torch.manual_seed(1)
+    save_checkpoint(ckpt, create_model("scan_small", num_classes=10), arch="scan_small", arch_kwargs={},
+                    num_classes=10, data="digits")
+    out = tmp_path / "shared" / "c.npz"
+    args = ["cache", "--ckpt", str(ckpt), "--batch-size", "16", "--out", str(out)]
+    stdouts = _run_all([args, args], tmp_path)
+    assert all(f"wrote {out}" in s or f"reusing {out}" in s for s in stdouts), stdouts
+    assert sorted(p.name for p in out.parent.iterdir()) == ["c.npz"]  # no temporaries left behind
+    raced = load_cache(out)
+
+    single = tmp_path / "single.npz"
+    assert main(["cache", "--ckpt", str(ckpt), "--batch-size", "16", "--out", str(single)]) == 0
+    alone = load_cache(single)
+    np.testing.assert_array_equal(raced.logits, alone.logits)
+    np.testing.assert_array_equal(raced.labels, alone.labels)
+    np.testing.assert_array_equal(raced.split, alone.split)
+    assert raced.meta["checkpoint_sha256"] == alone.meta["checkpoint_sha256"]
+
+
+def test_racing_searches_leave_exactly_one_racers_files(tmp_path):
+    cache = tmp_path / "syn.npz"
+    write_cache(cache, synthetic_cache(1500, 10, (0.6, 0.75, 0.85), seed=11))
+    common = ["search", "--cache", str(cache), "--target-acc", "0.8", "--pop", "16", "--gens", "8", "--no-plots"]
+    seeds = (0, 1, 2)
+    race = tmp_path / "race"
+    _run_all([[*common, "--seed", str(s), "--out", str(race)] for s in seeds], tmp_path)
+
+    references = {}
+    for seed in seeds:  # the same searches in this process, one at a time
+        ref = tmp_path / f"ref{seed}"
+        assert main([*common, "--seed", str(seed), "--out", str(ref)]) == 0
+        references[seed] = {name: (ref / name).read_bytes() for name in RESULT_FILES}
+    assert len({refs["pareto.csv"] for refs in references.values()}) == len(seeds)  # the racers really differ
+
+    summary = json.loads((race / "summary.json").read_text())
+    winner = summary["seed"]
+    got = {name: (race / name).read_bytes() for name in RESULT_FILES}
+    assert got == references[winner]  # every file from the same racer: no mix
+    assert summary["chosen"]["thresholds"] == json.loads(got["thresholds.json"])["thresholds"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".race", "race"))) == ["race", "race.lock"]
