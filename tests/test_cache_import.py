@@ -118,6 +118,9 @@ def _write(tmp_path, name, array):
         ("object_npy", r"holds Python objects, not numbers"),
         ("missing", r"labels file .*nope.npy does not exist"),
         ("suffix", r"expected a .npy or .pt file; got '.csv'"),
+        ("garbage_pt", r"logits file .*garbage.pt is not a readable torch file"),
+        ("truncated_npy", r"logits file .*cut.npy is not a readable .npy array"),
+        ("dict_pt", r"holds a dict with keys \['logits'\]; expected one tensor"),
     ],
 )
 def test_bad_input_is_one_line_and_no_file(tmp_path, arrays, capsys, case, match):
@@ -149,6 +152,15 @@ def test_bad_input_is_one_line_and_no_file(tmp_path, arrays, capsys, case, match
         files = [str(tmp_path / "obj.npy")]
     elif case == "missing":
         lab = str(tmp_path / "nope.npy")
+    elif case == "garbage_pt":
+        (tmp_path / "garbage.pt").write_bytes(b"hello, not a tensor file")
+        files = [str(tmp_path / "garbage.pt")]
+    elif case == "truncated_npy":
+        (tmp_path / "cut.npy").write_bytes((tmp_path / "all.npy").read_bytes()[:1000])
+        files = [str(tmp_path / "cut.npy")]
+    elif case == "dict_pt":
+        torch.save({"logits": torch.from_numpy(logits)}, tmp_path / "d.pt")
+        files = [str(tmp_path / "d.pt")]
     else:
         (tmp_path / "x.csv").write_text("1,2")
         files = [str(tmp_path / "x.csv")]

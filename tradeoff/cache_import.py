@@ -121,22 +121,23 @@ def read_array(path: str | os.PathLike, *, trust: bool = False, what: str = "arr
 
 
 def _read_torch(path: Path, *, trust: bool, what: str) -> np.ndarray:
-    import pickle
-
     import torch
+
+    from tradeoff.checkpoint import _unsafe_globals  # one place that tells unsafe pickles from bad bytes
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        if trust:
-            raise ValueError(f"{what} file {path} is not a readable torch file ({exc})") from None
-        raise UnsafeCheckpointError(
-            f"{what} file {path} needs unpickling of arbitrary objects, which could run code; "
-            "pass --trust-checkpoint only if you trust this file, or save a plain tensor with torch.save"
+    except Exception as exc:  # torch raises many types (KeyError, RuntimeError, ...) for bad bytes
+        if not trust and _unsafe_globals(path, exc):
+            raise UnsafeCheckpointError(
+                f"{what} file {path} needs unpickling of arbitrary objects, which could run code; "
+                "pass --trust-checkpoint only if you trust this file, or save a plain tensor with torch.save"
+            ) from None
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:120]
+        raise ValueError(
+            f"{what} file {path} is not a readable torch file ({reason}); expected a tensor saved with "
+            "torch.save - is it truncated?"
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:160]
-        raise ValueError(f"{what} file {path} is not a readable torch file ({reason}); is it truncated?") from None
     if isinstance(obj, np.ndarray):
         return obj
     if not isinstance(obj, torch.Tensor):
