@@ -185,6 +185,12 @@ def _validate_config(config: TrainConfig) -> None:
         raise ValueError(f"alpha must be in [0, 1]; got {config.alpha}")
     if config.temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {config.temperature}")
+    try:
+        device = torch.device(config.device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {config.device!r} is not a torch device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {config.device!r}: no CUDA device is available here; use --device cpu")
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -393,12 +399,10 @@ def _make_optimizer(params, config: TrainConfig, steps_per_epoch: int):
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
-        per_step = True
-    else:
+    else:  # epoch milestones, stepped per batch
         milestones = [m * steps_per_epoch for m in config.milestones]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-        per_step = True
-    return opt, sched, per_step
+    return opt, sched
 
 
 # --------------------------------------------------------------------------- training
@@ -409,10 +413,19 @@ def build_model(arch: str, dataset, *, arch_kwargs: dict | None = None, main: st
     Returns:
         (model, arch_kwargs) — the kwargs that rebuild it with `create_model(arch, **kw)`.
     """
-    from tradeoff.models import create_model, resolve_builder
+    from tradeoff.models import resolve_builder
 
     resolve_builder(arch)  # unknown name -> list of known ones, before anything else
-    torch.manual_seed(seed)
+    # Weights come from torch's global generator; seed it inside a fork so the caller's
+    # random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(arch, dataset, arch_kwargs=arch_kwargs, main=main, trust=trust)
+
+
+def _build(arch: str, dataset, *, arch_kwargs, main, trust):
+    from tradeoff.models import create_model
+
     if arch == "sidenet":
         from tradeoff.models.sidenet import sidenet_from_main
 
@@ -498,7 +511,7 @@ def train_model(
         raise ValueError(f"model {arch!r} has no trainable parameters")
     n = len(y_train)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    optimizer, scheduler, _ = _make_optimizer(params, config, steps_per_epoch)
+    optimizer, scheduler = _make_optimizer(params, config, steps_per_epoch)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     aug_gen = torch.Generator().manual_seed(config.seed + 1)
 
