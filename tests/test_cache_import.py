@@ -184,3 +184,17 @@ def test_imported_cache_loads_back(tmp_path, arrays):
                  "--flops", "1,2,3", "--baseline-flops", "2", "--out", str(out)]) == 0
     cache = load_cache(out)
     assert cache.baseline_flops == 2.0 and cache.meta["baseline_flops_source"] == "given"
+
+
+def test_out_is_never_a_file_that_is_not_a_cache(tmp_path, arrays, capsys):
+    precious = tmp_path / "model.pt"
+    precious.write_bytes(b"weights")
+    args = [str(tmp_path / "all.npy"), "--labels", str(tmp_path / "labels.npy"), "--flops", "1,2,3"]
+    assert main(["import", *args, "--out", str(precious)]) == 1
+    assert "exists and is not a tradeoff cache" in capsys.readouterr().err and precious.read_bytes() == b"weights"
+    assert main(["import", *args, "--out", str(tmp_path / "labels.npy")]) == 1
+    assert "is one of the input files" in capsys.readouterr().err
+    out = tmp_path / "c.npz"
+    assert main(["import", *args, "--out", str(out)]) == 0
+    assert main(["import", *args[:-1], "2,3,4", "--out", str(out)]) == 0  # a cache is replaced
+    assert load_cache(out).flops.tolist() == [2.0, 3.0, 4.0]
