@@ -412,3 +412,15 @@ def test_thresholds_edge_files(tmp_path):
     (tmp_path / "bigt.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="temperatures must be 4 positive numbers"):
         load_thresholds(tmp_path / "bigt.json")
+
+
+# ----------------------------------------------------------------------- npz data files
+def test_npz_data_with_an_enormous_header_is_refused_in_one_line(tmp_path):
+    from tradeoff.data import load_data
+
+    x = np.zeros((20, 4), np.float32)
+    path = tmp_path / "data.npz"
+    path.write_bytes(_zip({"x.npy": _with_header(x, (2**40, 4)), "y.npy": _npy(np.arange(20) % 3)}))
+    with pytest.raises(ValueError, match="declares more data than fits in memory") as info:
+        load_data(f"npz:{path}")
+    assert "\n" not in str(info.value) and str(path) in str(info.value)

@@ -326,6 +326,11 @@ def _npz(path: Path):
             raise ValueError(f"{path}: {exc}; store numeric x/y and a string split, not Python objects") from None
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ValueError(f"{path} is a damaged .npz archive ({exc}); write it again") from None
+        except MemoryError:  # a damaged or hostile .npy header declaring an enormous shape
+            raise ValueError(
+                f"{path}: an array header declares more data than fits in memory; is the file damaged? "
+                "write it again with numpy.savez(path, x=..., y=...)"
+            ) from None
     n = _check_npz_arrays(path, x, y, split)
     if split is None:
         split = _seeded_split(n, ("val", "test"), (n // 2, n - n // 2))
