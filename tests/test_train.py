@@ -189,6 +189,9 @@ def test_data_whose_input_shape_does_not_fit_says_both(tmp_path, tiny_digits):
     with pytest.raises(ValueError, match=r"model 'mainnet_resnet18' does not fit --data digits: the data's inputs have "
                                          r"shape \(1, 8, 8\) and it expects inputs of shape \(1, 32, 32\)"):
         train_model("mainnet_resnet18", out=tmp_path / "m.pt", config=_config(), dataset=tiny_digits, progress=False)
+    with pytest.raises(ValueError, match=r"model 'scan_resnet18' does not fit --data digits: the data's inputs have "
+                                         r"shape \(1, 8, 8\) and its first convolution takes 3 input channels"):
+        train_model("scan_resnet18", out=tmp_path / "m.pt", config=_config(), dataset=tiny_digits, progress=False)
     assert not (tmp_path / "m.pt").exists()
 
 

@@ -98,7 +98,7 @@ def run_demo(
         seconds["train"] = time.perf_counter() - t0
 
         # 2. cache (the `tradeoff cache` command itself, so the demo shows what users run)
-        log(f"[2/3] caching every exit's logits on val and test")
+        log(f"[2/3] caching every exit's logits on val and test (built beside {out}/, moved into it at the end)")
         t0 = time.perf_counter()
         cache_args = build_parser().parse_args(
             ["cache", "--ckpt", str(staging / MODEL_FILE), "--data", DEMO_DATA, "--out", str(staging / CACHE_FILE)]

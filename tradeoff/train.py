@@ -331,7 +331,13 @@ def check_model_fits(model: nn.Module, arch: str, dataset) -> int:
         with torch.no_grad():
             outputs = model(x)
     except RuntimeError as exc:
-        hint = f"it expects inputs of shape {tuple(expected)}" if expected else "its input layer does not accept them"
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if expected:
+            hint = f"it expects inputs of shape {tuple(expected)}"
+        elif first_conv is not None:
+            hint = f"its first convolution takes {first_conv.in_channels} input channels"
+        else:
+            hint = "its input layer does not accept them"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(
             f"model {arch!r} does not fit --data {dataset.spec}: the data's inputs have shape {shape} and {hint} "
