@@ -206,8 +206,9 @@ def _runtime_overhead(probe: EarlyExitModel, x: torch.Tensor, mkldnn: bool, repe
                 head(section(b))
 
     def runner():
-        for b in samples:
-            probe(b)
+        with torch.inference_mode():
+            for b in samples:
+                probe.forward(b)
 
     with mkldnn_enabled(mkldnn):
         times = interleaved_medians({"runner": runner, "bare": bare}, repeats=repeats, warmup=warmup)

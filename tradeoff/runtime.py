@@ -147,13 +147,18 @@ class EarlyExitModel(nn.Module):
                                       temperatures=self._temps[: k + 1])
         return conf[-1], pred[-1]
 
-    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> EarlyExitOutput:
-        """Early-exit predictions for a batch x (N, ...).
+        """Early-exit predictions for a batch x (N, ...), under `torch.inference_mode()`.
+
+        (Entering inference mode costs microseconds per call, so a caller already in it,
+        such as a serving loop or `measure_latency`, is not made to pay it again.)
 
         Returns:
             EarlyExitOutput(predictions (N,) int64, exits (N,) int64).
         """
+        if not torch.is_inference_mode_enabled():
+            with torch.inference_mode():
+                return self.forward(x)
         if x.shape[0] == 1:
             return self._forward_one(x)
         n = x.shape[0]
@@ -217,13 +222,15 @@ class EarlyExitModel(nn.Module):
                 return EarlyExitOutput(torch.full((1,), answer, dtype=torch.int64), torch.full((1,), k, dtype=torch.int64))
         raise AssertionError("unreachable: the deepest exit always answers")  # pragma: no cover
 
-    @torch.inference_mode()
     def deepest(self, x: torch.Tensor) -> torch.Tensor:
-        """The original single-exit network: sections 1..K and head K only.
+        """The original single-exit network: sections 1..K and head K only (inference mode).
 
         Returns:
             (N,) int64 predictions of the deepest exit (argmax of its logits).
         """
+        if not torch.is_inference_mode_enabled():
+            with torch.inference_mode():
+                return self.deepest(x)
         for section in self._sections:
             x = section(x)
         return self._heads[-1](x).argmax(dim=-1)
@@ -375,7 +382,7 @@ def measure_latency(runner: EarlyExitModel, x, *, batch_size: int = 1, repeats: 
     choices = (True, False) if tune_backend and torch.backends.mkldnn.is_available() else (default,)
 
     def one_pass(fn, mkldnn: bool) -> float:
-        with mkldnn_enabled(mkldnn):
+        with mkldnn_enabled(mkldnn), torch.inference_mode():
             start = time.perf_counter()
             for batch in batches:
                 fn(batch)
