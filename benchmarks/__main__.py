@@ -13,7 +13,6 @@ import argparse
 import csv
 import importlib
 import io
-import json
 import math
 import sys
 import time

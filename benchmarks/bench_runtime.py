@@ -132,7 +132,6 @@ def _measure(quick: bool, workdir: Path | None) -> list[dict]:
     y = test.y[: x.shape[0]]
     costs = exit_costs(model, test.input_shape)
     runner = EarlyExitModel(model, thresholds, **policy)
-    K = runner.num_exits
     rows = []
     batch_one = None
     settings = {1: (1, 0) if quick else (9, 1), 64: (1, 0) if quick else (31, 2)}
