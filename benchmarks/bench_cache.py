@@ -10,6 +10,8 @@ shares the machine. Goal: caching throughput >= 95% of the bare loop's.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -65,7 +67,8 @@ def run(quick: bool = False) -> list[dict]:
         ratio=ratio,
         goal=f"ratio >= {GOAL} (vs bare model(x) loop, same batches)",
         passed=None if quick else ratio >= GOAL,
-        notes=f"N={n}, batch {batch}, {torch.get_num_threads()} threads, median of {repeats} interleaved runs"
+        notes=f"N={n}, batch {batch}, {torch.get_num_threads()} threads, median of {repeats} interleaved runs, "
+              f"1-min load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs"
               + (" (quick: timings not meaningful)" if quick else ""),
     )]
 

@@ -98,6 +98,7 @@ def run(quick: bool = False) -> list[dict]:
                     identical = a["logits"].tobytes() == b["logits"].tobytes()
             for name in ("single.npz", "sharded.npz"):
                 (tmp / name).unlink()
+    load = os.getloadavg()[0]
     rows = []
     for i, phase in enumerate(("whole command (wall)", "compute phase (reported)")):
         t_one = median(t[i] for t in times[single])
@@ -112,7 +113,8 @@ def run(quick: bool = False) -> list[dict]:
             goal=f"ratio >= {GOAL} (vs one process; one thread each)",
             passed=None if quick else ratio >= GOAL,
             notes=f"N={n} {'x'.join(map(str, shape[1:]))}, batch {batch}, gloo on CPU, median of {repeats} "
-                  f"interleaved runs; merged logits byte-identical to one process: {identical}"
+                  f"interleaved runs; merged logits byte-identical to one process: {identical}; 1-min load "
+                  f"average {load:.1f} at the end on {os.cpu_count()} CPUs"
                   + (" (quick: timings not meaningful)" if quick else ""),
         ))
     return rows
