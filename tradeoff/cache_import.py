@@ -62,7 +62,12 @@ def import_cache(
         split, split_rule = default_split(N), "seeded half/half val/test (numpy default_rng(0) permutation)"
     else:
         split, split_rule = _read_split(Path(split_path), N), f"file {split_path}"
-    flops = np.asarray(flops, dtype=np.float64).reshape(-1)
+    try:
+        costs = np.asarray(flops, dtype=np.float64).reshape(-1)
+        baseline = None if baseline_flops is None else float(baseline_flops)
+    except (TypeError, ValueError):
+        raise ValueError(f"flops and baseline_flops must be numbers; got {flops!r} and {baseline_flops!r}") from None
+    flops, baseline_flops = costs, baseline
     if flops.shape != (K,):
         raise ValueError(
             f"--flops gives {flops.size} costs but the logits have K = {K} exits; give one cumulative cost per exit"
