@@ -182,7 +182,8 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
 # --------------------------------------------------------------------------- bad input
 def test_unknown_arch_lists_the_known_ones(tmp_path, tiny_digits):
     with pytest.raises(ValueError, match=r"unknown model 'scan_tiny'; known models: .*scan_small"):
-        train_model("scan_tiny", out=tmp_path / "m.pt", config=_config(), dataset=tiny_digits, progress=False)
+        train_model("scan_tiny", out=tmp_path / "new" / "m.pt", config=_config(), dataset=tiny_digits, progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_data_whose_input_shape_does_not_fit_says_both(tmp_path, tiny_digits):

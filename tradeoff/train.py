@@ -485,7 +485,10 @@ def train_model(
 
     from tradeoff.checkpoint import save_checkpoint
 
+    from tradeoff.models import resolve_builder
+
     log = log or (lambda line: print(line, file=sys.stderr))
+    resolve_builder(arch)  # an unknown name fails before anything is created
     out = _check_out_path(out)
     if dataset is None:
         from tradeoff.data import load_data
