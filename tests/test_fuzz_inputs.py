@@ -424,3 +424,21 @@ def test_npz_data_with_an_enormous_header_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="declares more data than fits in memory") as info:
         load_data(f"npz:{path}")
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+# ----------------------------------------------------------------------- checkpoints
+def test_a_checkpoint_declaring_a_huge_class_count_is_refused_before_building(tmp_path):
+    import torch
+
+    from tradeoff.checkpoint import load_checkpoint, save_checkpoint
+    from tradeoff.models import create_model
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, create_model("scan_small", num_classes=10), arch="scan_small", arch_kwargs={},
+                    num_classes=10, data="digits")
+    doc = torch.load(path, weights_only=True)
+    for declared in (2**33, 11, 0):
+        torch.save({**doc, "num_classes": declared}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=f"records num_classes {declared} but its final layer has 10 outputs"):
+            load_checkpoint(tmp_path / "bad.pt")  # (2**33 classes would need a 4 TB head; refused first)
+    assert load_checkpoint(path).num_classes == 10

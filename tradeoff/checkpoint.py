@@ -330,6 +330,14 @@ def _tradeoff_spec(raw: Mapping, path: Path, arch, num_classes, arch_kwargs) -> 
         )
     if arch_kwargs is not None and dict(arch_kwargs) != file_kw:
         raise ValueError(f"arch_kwargs {arch_kwargs} disagree with {path}, which records {file_kw}; drop them")
+    # The model is built from these fields before any weight is checked: a damaged or hostile
+    # num_classes (say 2**33) would otherwise allocate a gigantic head first.
+    rows = infer_num_classes(_clean_keys(state, path))
+    if isinstance(file_n, bool) or file_n < 1 or (rows is not None and rows != file_n):
+        raise ValueError(
+            f"{path} is a damaged tradeoff checkpoint: it records num_classes {file_n!r} but its final layer has "
+            f"{rows} outputs; retrain or re-save it"
+        )
     return {"arch": file_arch, "num_classes": file_n, "arch_kwargs": dict(file_kw), "state_dict": state, "data": data}
 
 
