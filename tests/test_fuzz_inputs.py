@@ -35,8 +35,8 @@ MEMORY_LIMIT = 32 << 20  # bytes; the files are a few kB, so anything near this 
 SECONDS_LIMIT = 10
 
 
-class _Hang(Exception):
-    pass
+class _Hang(BaseException):
+    """Not an Exception, so no reader's broad `except Exception` can turn a hang into a clean error."""
 
 
 @contextmanager
