@@ -422,3 +422,97 @@ def test_quick_decision_defers_on_nan_and_inf():
 
     assert _quick_decision([float("nan"), 1.0], 1.0, "maxprob", 0.5, None, 0) == (None, None)
     assert _quick_decision([float("inf"), 1.0], 1.0, "maxprob", 0.5, [], 0) == (None, None)
+
+
+# ----------------------------------------------------------------------------- the compiled path
+def _compiled_logits(runner: EarlyExitModel, x: torch.Tensor) -> np.ndarray:
+    """(K, N, C) logits of the runner's frozen graphs on the full batch x."""
+    runner.deepest(x[:1])  # traces the graphs
+    outputs, h = [], x
+    with torch.inference_mode():
+        for section, head in runner.active_stages:
+            h = section(h)
+            outputs.append(head(h).numpy())
+    return np.stack(outputs)
+
+
+def test_compiled_graphs_fold_batch_norm_and_stay_close_to_eager(model, digits, full_logits):
+    x, _ = digits
+    runner = EarlyExitModel(model, [0.5, 0.5], compiled=True)
+    compiled = _compiled_logits(runner, x)
+    assert all(isinstance(part, torch.jit.ScriptModule) for stage in runner.active_stages for part in stage)
+    kinds = {node.kind() for section, head in runner.active_stages for part in (section, head)
+             for node in part.graph.nodes()}
+    assert "aten::batch_norm" not in kinds and "aten::_convolution" in kinds  # folded into the convolutions
+    np.testing.assert_allclose(compiled, full_logits, rtol=1e-4, atol=1e-3)
+    eager = EarlyExitModel(model, [0.5, 0.5])
+    assert not eager.compiled and all(not isinstance(p, torch.jit.ScriptModule) for s in eager.active_stages for p in s)
+
+
+@pytest.mark.parametrize("policy", [POLICIES[0], POLICIES[2], POLICIES[4]], ids=("maxprob", "entropy", "ens-temp"))
+def test_compiled_runtime_equals_exit_rule_on_its_own_logits_and_on_the_cache(model, digits, full_logits, policy):
+    """Compiled decisions are the exact rule on the graphs' logits; with thresholds clear of
+    float32 rounding they are also the eager cache's decisions, at batch 64 and at batch 1."""
+    x, y = digits
+    runner_for_logits = EarlyExitModel(model, np.zeros(K - 1), compiled=True, **policy)
+    compiled = _compiled_logits(runner_for_logits, x)
+    _, _, conf = _reference(compiled, y, np.zeros(K - 1), **policy)
+    seen = set()
+    for t in _safe_thresholds(conf, (0.3, 0.7)) + [np.array([0.0, 1.0])]:
+        exits, answers, _ = _reference(compiled, y, t, **policy)
+        eager_exits, eager_answers, _ = _reference(full_logits, y, t, **policy)
+        runner = EarlyExitModel(model, t, compiled=True, **policy)
+        for batch_size, n in ((64, x.shape[0]), (1, 90)):
+            preds, got = run_early_exit(runner, x[:n], batch_size=batch_size)
+            np.testing.assert_array_equal(got, exits[:n])
+            np.testing.assert_array_equal(preds, answers[:n])
+            np.testing.assert_array_equal(got, eager_exits[:n])
+            np.testing.assert_array_equal(preds, eager_answers[:n])
+        seen.update(exits.tolist())
+    assert seen == {0, 1, 2}
+    np.testing.assert_array_equal(runner.deepest(x).numpy(), compiled[-1].argmax(axis=1))
+
+
+def test_compiled_retraces_for_a_new_sample_shape():
+    model = _decisive("scan_small", 2, in_channels=1)
+    runner = EarlyExitModel(model, [0.5, 0.5], compiled=True)
+    runner(torch.zeros(2, 1, 8, 8))
+    first = runner.active_stages[0][0]
+    runner(torch.zeros(3, 1, 8, 8))  # another batch size: same graphs
+    assert runner.active_stages[0][0] is first
+    runner(torch.zeros(1, 1, 12, 12))  # another sample shape: traced again
+    assert runner.active_stages[0][0] is not first
+
+
+class _IntHead(MultiExitNet):
+    """Its second head returns a Python int, which TorchScript cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.s1, self.h1 = nn.Identity(), nn.Flatten()
+        self.s2, self.h2 = nn.Identity(), _ReturnsInt()
+
+    def stages(self):
+        return [Stage(self.s1, self.h1), Stage(self.s2, self.h2)]
+
+
+class _ReturnsInt(nn.Module):
+    def forward(self, x):
+        return int(x.shape[0])
+
+
+def test_compiled_reports_a_part_it_cannot_trace():
+    runner = EarlyExitModel(_IntHead(), [0.5], compiled=True)
+    with pytest.raises(ValueError, match=r"cannot compile head 2 \(_ReturnsInt\) with TorchScript: .*without compiled=True"):
+        runner(torch.zeros(2, 4))
+
+
+def test_tradeoff_run_compiled_reports_agreement(run_files):
+    root, ckpt, cache_path, doc, exits, answers, y = run_files
+    out = root / "compiled.json"
+    assert main(["run", "--ckpt", str(ckpt), "--thresholds", str(root / "thresholds.json"), "--cache", str(cache_path),
+                 "--batch-size", "64", "--repeats", "1", "--compiled", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["compiled"] is True
+    assert result["cache_agreement"] == {"exits": 1.0, "predictions": 1.0}  # thresholds clear of rounding
+    assert result["accuracy"] == pytest.approx(np.mean(answers == y))

@@ -142,6 +142,9 @@ def _add_run(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: batch-1 latency is steadiest on one core)")
     p.add_argument("--out", help="JSON file for the measurements (default: <thresholds dir>/run-b<batch>.json)")
+    p.add_argument("--compiled", action="store_true",
+                   help="run both the early-exit model and the original network as frozen TorchScript graphs "
+                        "(batch norm folded: faster at small batch; logits may differ in the last float32 bits)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
     p.set_defaults(func=_cmd_run)

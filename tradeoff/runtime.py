@@ -13,6 +13,16 @@ cheaper per call than torch, which matters at batch size 1.
 `measure_latency` times the early-exit runner and the original network (sections 1..K
 and head K only) side by side, interleaved, and reports medians; `run_command` is what
 `tradeoff run` does.
+
+`compiled=True` runs every section and head as a frozen TorchScript graph
+(`compile_stages`): batch norms folded into the convolutions, no Python module calls.
+At batch 1 a small network is bound by per-operator dispatch, not arithmetic, and this
+roughly halves the cost per operator; the original network (`deepest`) gets the very
+same treatment, so the comparison stays fair. Decisions are still the exact rule on the
+logits the graphs produce, but folding a batch norm changes logits in the last float32
+bits, so a confidence within ~1e-6 of a threshold may fall on the other side than in the
+(eager) cache: `tradeoff run --cache` reports that agreement. The eager path (the
+default) is the one whose logits are those of `model(x)` bit for bit.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -81,6 +92,10 @@ class EarlyExitModel(nn.Module):
         ensemble: exit k answers with the mean softmax of exits 1..k and measures its
             confidence on that mean.
         temperatures: (K,) positive per-exit calibration temperatures, or None.
+        compiled: run sections and heads as frozen TorchScript graphs (`compile_stages`),
+            traced on the first batch of each new sample shape; the original network
+            (`deepest`) runs compiled too. Logits then differ from the eager ones in the
+            last bits (batch norm folded into the convolutions; see the module docstring).
 
     Raises:
         ValueError: a model without stages, thresholds of the wrong length or outside
@@ -88,7 +103,7 @@ class EarlyExitModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, thresholds, *, confidence: str = "maxprob", ensemble: bool = False,
-                 temperatures=None):
+                 temperatures=None, compiled: bool = False):
         super().__init__()
         stages = model_stages(model)
         K = len(stages)
@@ -112,6 +127,9 @@ class EarlyExitModel(nn.Module):
         # Plain lists: the modules are already registered under `self.model`.
         self._sections = [stage[0] for stage in stages]
         self._heads = [stage[1] for stage in stages]
+        self.compiled = bool(compiled)
+        self._eager = (self._sections, self._heads)
+        self._compiled_for = None  # (sample shape, dtype, device) the graphs were traced on
         # NumPy float64 scalars, exactly what exit_table divides by and compares with.
         self._thresholds = list(t) + [None]
         self._temps = temps
@@ -132,6 +150,20 @@ class EarlyExitModel(nn.Module):
         if mode:
             raise ValueError("EarlyExitModel is for inference only; train the wrapped model itself")
         return super().train(False)
+
+    @property
+    def active_stages(self) -> list:
+        """The K (section, head) callables forward runs now (the compiled graphs once traced)."""
+        return list(zip(self._sections, self._heads))
+
+    def _use_compiled(self, x: torch.Tensor) -> None:
+        """Point the runner at graphs traced for x's sample shape (tracing them if new)."""
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key != self._compiled_for:
+            compiled = compile_stages(list(zip(*self._eager)), x[:1])
+            self._sections = [stage[0] for stage in compiled]
+            self._heads = [stage[1] for stage in compiled]
+            self._compiled_for = key
 
     def _decide(self, k: int, history: list) -> tuple[np.ndarray, np.ndarray]:
         """Confidence (n,) and answer (n,) of exit k for the samples in flight.
@@ -159,6 +191,8 @@ class EarlyExitModel(nn.Module):
         if not torch.is_inference_mode_enabled():
             with torch.inference_mode():
                 return self.forward(x)
+        if self.compiled:
+            self._use_compiled(x)
         if x.shape[0] == 1:
             return self._forward_one(x)
         n = x.shape[0]
@@ -231,9 +265,87 @@ class EarlyExitModel(nn.Module):
         if not torch.is_inference_mode_enabled():
             with torch.inference_mode():
                 return self.deepest(x)
+        if self.compiled:
+            self._use_compiled(x)
         for section in self._sections:
             x = section(x)
         return self._heads[-1](x).argmax(dim=-1)
+
+
+def compile_stages(stages: list, example: torch.Tensor) -> list:
+    """Each (section, head) as a frozen TorchScript graph, traced on `example`.
+
+    `torch.jit.freeze` inlines the weights as constants and folds each batch norm into
+    the convolution before it (`fold_transposed_batch_norms` does it first for transposed
+    convolutions, which freeze leaves alone); calling the graph skips Python's per-module
+    `__call__`.
+    Both matter at batch 1, where an 8x8 network's time is per-operator overhead. The
+    graphs accept any batch size (the networks here have no shape-dependent Python).
+    TorchScript is deprecated in recent torch releases; its warnings are silenced here.
+
+    Args:
+        stages: K (section, head) modules in eval mode.
+        example: (1, ...) one input sample; only its shape, dtype and device matter.
+
+    Returns:
+        K (section, head) pairs of frozen `torch.jit.ScriptModule`s.
+
+    Raises:
+        ValueError: a section or head TorchScript cannot trace (say which).
+    """
+    compiled = []
+    # Tracing needs ordinary tensors: not inside inference mode, no autograd.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = example.clone()
+        for k, (section, head) in enumerate(stages):
+            pair = []
+            for part, name in ((section, "section"), (head, "head")):
+                try:
+                    folded = fold_transposed_batch_norms(part)
+                    graph = torch.jit.freeze(torch.jit.trace(folded, x, check_trace=False))
+                except Exception as exc:  # TorchScript raises many kinds; report which part failed
+                    raise ValueError(
+                        f"cannot compile {name} {k + 1} ({type(part).__name__}) with TorchScript: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; run without compiled=True"
+                    ) from None
+                pair.append(graph)
+                if name == "section":
+                    x = part(x)
+            compiled.append(tuple(pair))
+    return compiled
+
+
+def fold_transposed_batch_norms(module: nn.Module) -> nn.Module:
+    """An eval-mode copy of `module` with each `ConvTranspose2d -> BatchNorm2d` of a
+    `Sequential` merged into one transposed convolution (the BN replaced by Identity).
+
+    y = (convT(x) - mean) / sqrt(var + eps) * gamma + beta is a transposed convolution
+    with weights scaled per output channel (dim 1 of its (in, out, kh, kw) weight) and
+    a shifted bias. The original module is left untouched.
+    """
+    import copy
+
+    folded = copy.deepcopy(module).eval()
+    for seq in folded.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = seq._modules[first], seq._modules[second]
+            if not (isinstance(conv, nn.ConvTranspose2d) and isinstance(bn, nn.BatchNorm2d) and conv.groups == 1
+                    and bn.running_mean is not None and bn.num_features == conv.out_channels):
+                continue
+            with torch.no_grad():
+                scale = torch.rsqrt(bn.running_var + bn.eps)
+                if bn.weight is not None:
+                    scale = scale * bn.weight
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                shift = (bias - bn.running_mean) * scale + (bn.bias if bn.bias is not None else 0.0)
+                conv.weight.mul_(scale.reshape(1, -1, 1, 1))
+                conv.bias = nn.Parameter(shift)
+            seq._modules[second] = nn.Identity()
+    return folded
 
 
 # How close (absolute) a Python-float confidence may come to its threshold, or the top
@@ -608,17 +720,19 @@ def run_command(args) -> int:
             "pass the data the model was trained for"
         )
     costs = exit_costs(loaded.model, data.input_shape)
+    compiled = bool(getattr(args, "compiled", False))
     runner = EarlyExitModel(loaded.model, tf.thresholds, confidence=tf.confidence, ensemble=tf.ensemble,
-                            temperatures=tf.temperatures)
+                            temperatures=tf.temperatures, compiled=compiled)
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
                               batch_size=args.batch_size, repeats=args.repeats, progress=True)
-    agreement = _cache_agreement(args.cache, tf, data.y, report) if args.cache else None
+    agreement = cache_agreement(args.cache, tf, data.y, report) if args.cache else None
     out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
     doc = report_document(
         report,
         batch_size=args.batch_size,
         threads=args.threads,
         repeats=args.repeats,
+        compiled=compiled,
         thresholds=[float(t) for t in tf.thresholds],
         confidence=tf.confidence,
         ensemble=tf.ensemble,
@@ -642,7 +756,7 @@ def run_command(args) -> int:
     return 0
 
 
-def _cache_agreement(cache_path, tf, labels: np.ndarray, report: RuntimeReport) -> dict:
+def cache_agreement(cache_path, tf, labels: np.ndarray, report: RuntimeReport) -> dict:
     """How often the runtime's exits and answers equal the exit rule on the cached test logits.
 
     Differences can only come from float32 rounding: a convolution's result depends at
