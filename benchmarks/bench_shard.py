@@ -113,8 +113,9 @@ def run(quick: bool = False) -> list[dict]:
             goal=f"ratio >= {GOAL} (vs one process; one thread each)",
             passed=None if quick else ratio >= GOAL,
             notes=f"N={n} {'x'.join(map(str, shape[1:]))}, batch {batch}, gloo on CPU, median of {repeats} "
-                  f"interleaved runs; merged logits byte-identical to one process: {identical}; 1-min load "
-                  f"average {load:.1f} at the end on {os.cpu_count()} CPUs"
+                  f"interleaved runs (seconds: one process {[round(t[i], 1) for t in times[single]]}, two "
+                  f"{[round(t[i], 1) for t in times[sharded]]}); merged logits byte-identical to one process: "
+                  f"{identical}; 1-min load average {load:.1f} at the end on {os.cpu_count()} CPUs"
                   + (" (quick: timings not meaningful)" if quick else ""),
         ))
     return rows
