@@ -69,7 +69,7 @@ def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
 def run(quick: bool = False) -> list[dict]:
     # quick: scan_small on 64 8x8 inputs, one round, to check the rows, not the speed.
     arch, classes, shape = ("scan_small", 10, (1, 8, 8)) if quick else ("scan_resnet18", 100, (3, 32, 32))
-    n, batch, repeats = (64, 16, 1) if quick else (2048, 64, 3)
+    n, batch, repeats = (64, 16, 1) if quick else (2048, 64, 5)
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
