@@ -1,6 +1,7 @@
 """`tradeoff cache` end to end: real scan_small on digits, reuse, refusals, NaN exits,
 and an official-layout bare state_dict of scan_resnet18 on a CIFAR-layout directory."""
 
+import dataclasses
 import json
 import pickle
 
@@ -242,3 +243,17 @@ def test_official_bare_state_dict_on_cifar_layout(tmp_path, capsys):
     assert main(args[:4] + ["scan_resnet34"] + args[5:]) == 1
     err = capsys.readouterr().err
     assert "scan_resnet18" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_float16_overflow_is_caught_after_the_cast(digits):
+    class Loud(torch.nn.Module):
+        def forward(self, x):
+            b = x.shape[0]
+            return [torch.zeros(b, 10), torch.full((b, 10), 1e6)]
+
+    costs = exit_costs(create_model("scan_small"), digits.input_shape)
+    costs = dataclasses.replace(costs, flops=costs.flops[:2])  # a two-exit model's costs
+    with pytest.raises(ValueError, match=r"exit 2 gave NaN/inf logits \(first at sample 0\).*float16 overflows"):
+        build_cache(Loud(), digits, costs, batch_size=64, logits_dtype="float16", progress=False)
+    cache = build_cache(Loud(), digits, costs, batch_size=64, logits_dtype="float32", progress=False)
+    assert cache.logits.dtype == np.float32 and cache.logits[1].max() == 1e6
