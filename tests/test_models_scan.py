@@ -222,7 +222,7 @@ def test_scan_small_shapes_and_training_mode_outputs():
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(9))
     logits, feats = model.forward_with_features(x)
     assert [tuple(o.shape) for o in logits] == [(5, 10)] * 3
-    assert [tuple(f.shape) for f in feats] == [(5, 64)] * 3
+    assert [tuple(f.shape) for f in feats] == [(5, 192)] * 3  # every feature has the deepest width
     sum(o.sum() for o in logits).backward()  # every exit is trainable
     assert model.attention1[0].weight.grad is not None and model.fc3.weight.grad is not None
     rgb = create_model("scan_small", num_classes=4, in_channels=3)
