@@ -354,13 +354,16 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
         f"val  {c.val_accuracy:.4f} @ {c.val_mflops:.4g} MFLOPs ({speed:.2f}x)\n"
         f"test {c.test_accuracy:.4f} [{c.test_ci95[0]:.4f}, {c.test_ci95[1]:.4f}]"
     )
+    log_x = _limit_to_exits(ax, data)
+    fx, fy = _axes_fraction(ax, c.val_mflops, c.val_accuracy, log_x)
     ax.annotate(
         text,
         (c.val_mflops, c.val_accuracy),
-        xytext=(0.97, 0.04),
-        textcoords="axes fraction",
-        ha="right",
-        va="bottom",
+        # Beside the point, on the side with more room, so the arrow stays short.
+        xytext=(24 if fx < 0.6 else -24, -46 if fy > 0.45 else 30),
+        textcoords="offset points",
+        ha="left" if fx < 0.6 else "right",
+        va="top" if fy > 0.45 else "bottom",
         multialignment="left",
         fontsize=8.5,
         bbox=dict(boxstyle="round,pad=0.4", fc="white", ec=_CHOSEN_COLOR, alpha=0.95),
@@ -372,8 +375,7 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
     if data.budget_mflops is not None:
         ax.axvline(data.budget_mflops, ls="--", lw=1.0, color="0.35", zorder=1, label=data.target_label)
 
-    _limit_to_exits(ax, data)
-    ax.set_xlabel("mean cost per sample (MFLOPs, fvcore count)")
+    ax.set_xlabel("mean cost per sample (MFLOPs, fvcore count%s)" % (", log scale" if log_x else ""))
     ax.set_ylabel("accuracy")
     ax.grid(True, alpha=0.3)
     baseline = data.baseline_mflops
@@ -384,7 +386,7 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
             return np.where(x > 0, baseline / np.where(x > 0, x, 1.0), np.inf)
 
     top = ax.secondary_xaxis("top", functions=(to_speedup, to_speedup))
-    top.set_xticks(_speedup_ticks(baseline, ax.get_xlim()))
+    top.set_xticks(_speedup_ticks(baseline, ax.get_xlim(), log_x=log_x))
     top.xaxis.set_major_formatter(lambda value, _pos: f"{value:g}")
     top.set_xlabel("speed-up vs the original network (x)")
     ax.set_title(f"Accuracy vs cost - {data.title}", fontsize=11)
@@ -396,28 +398,45 @@ _NICE_SPEEDUPS = (0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1
                   4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 40.0, 50.0, 100.0)
 
 
-def _speedup_ticks(baseline_mflops: float, xlim: tuple[float, float], min_gap: float = 0.07) -> list[float]:
+def _speedup_ticks(
+    baseline_mflops: float, xlim: tuple[float, float], min_gap: float = 0.07, *, log_x: bool = False
+) -> list[float]:
     """Round speed-ups whose positions on the cost axis are at least `min_gap` of its width apart.
 
     Speed-up is baseline / cost, so evenly spaced speed-ups crowd at the cheap end; picking
-    from a list of round values by their distance on the cost axis keeps labels apart.
+    from a list of round values by their distance on the cost axis (in log units when the
+    axis is logarithmic) keeps labels apart.
     """
+    scale = np.log10 if log_x else (lambda v: v)
     lo, hi = xlim
-    width = hi - lo
+    width = scale(hi) - scale(lo)
     ticks, last = [], None
     for s in sorted(_NICE_SPEEDUPS, reverse=True):  # cost ascending
         x = baseline_mflops / s
-        if lo <= x <= hi and (last is None or x - last >= min_gap * width):
+        if lo <= x <= hi and (last is None or scale(x) - last >= min_gap * width):
             ticks.append(s)
-            last = x
+            last = scale(x)
     return ticks
 
 
-def _limit_to_exits(ax, data: ParetoPlotData) -> None:
+def _axes_fraction(ax, x: float, y: float, log_x: bool) -> tuple[float, float]:
+    """Where (x, y) sits inside the axes, 0..1 each way (for placing a label beside it)."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    if log_x:
+        x, x0, x1 = np.log10(x), np.log10(x0), np.log10(x1)
+    return (x - x0) / (x1 - x0), (y - y0) / (y1 - y0)
+
+
+def _limit_to_exits(ax, data: ParetoPlotData) -> bool:
     """Frame the interesting region: from the shallowest exit's cost and accuracy upward.
 
     Baseline fronts can reach far below the shallowest exit (e.g. random thresholds
-    never do worse than exit 1 alone, but a pad keeps markers off the frame).
+    never do worse than exit 1 alone, but a pad keeps markers off the frame). When the
+    exits' costs span more than 20x (a cheap first exit, as in the digits demo) the cost
+    axis is logarithmic, else the front would be squeezed against the left edge.
+
+    Returns:
+        Whether the cost axis is logarithmic.
     """
     accs = [e.val_accuracy for e in data.exits] + [e.test_accuracy for e in data.exits]
     accs += [a for s in data.fronts for a in s.val_accuracy] + list(data.fronts[0].test_accuracy or ())
@@ -431,9 +450,14 @@ def _limit_to_exits(ax, data: ParetoPlotData) -> None:
     if data.budget_mflops is not None:
         costs.append(data.budget_mflops)
     lo_c, hi_c = min(costs), max(costs)
+    if lo_c > 0 and hi_c / lo_c > 20:
+        ax.set_xscale("log")
+        ax.set_xlim(lo_c / 1.4, hi_c * 1.4)
+        return True
     pad_c = 0.05 * (hi_c - lo_c) if hi_c > lo_c else 0.05 * hi_c
     # Keep the left edge above 0: the speed-up axis is baseline / cost (inf at 0).
     ax.set_xlim(max(0.5 * lo_c, lo_c - pad_c), hi_c + pad_c)
+    return False
 
 
 def plot_exits(data: ExitsPlotData, *, figsize: tuple[float, float] = (8.0, 4.8)):
