@@ -94,9 +94,9 @@ def import_cache(
 def default_split(num_samples: int) -> np.ndarray:
     """The fixed val/test split used when none is given, the same rule as `npz:` data:
     the first N // 2 rows of `default_rng(0).permutation(N)` are val, the rest test. (N,) str."""
-    from tradeoff.data import _seeded_split  # the one home of the rule
+    from tradeoff.data import val_test_halves  # the one home of the rule
 
-    return _seeded_split(num_samples, ("val", "test"), (num_samples // 2, num_samples - num_samples // 2))
+    return val_test_halves(num_samples)
 
 
 def read_array(path: str | os.PathLike, *, trust: bool = False, what: str = "array") -> np.ndarray:
@@ -128,12 +128,12 @@ def read_array(path: str | os.PathLike, *, trust: bool = False, what: str = "arr
 def _read_torch(path: Path, *, trust: bool, what: str) -> np.ndarray:
     import torch
 
-    from tradeoff.checkpoint import _unsafe_globals  # one place that tells unsafe pickles from bad bytes
+    from tradeoff.checkpoint import unsafe_globals  # one place that tells unsafe pickles from bad bytes
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch raises many types (KeyError, RuntimeError, ...) for bad bytes
-        if not trust and _unsafe_globals(path, exc):
+        if not trust and unsafe_globals(path, exc):
             raise UnsafeCheckpointError(
                 f"{what} file {path} needs unpickling of arbitrary objects, which could run code; "
                 "pass --trust-checkpoint only if you trust this file, or save a plain tensor with torch.save"

@@ -226,7 +226,7 @@ def _read_file(path: Path, trust: bool, map_location):
             return torch.load(path, map_location=map_location, weights_only=not trust), {}
     except Exception as exc:  # torch raises many types for bad bytes; all mean "not loadable"
         if not trust:
-            unsafe = _unsafe_globals(path, exc)
+            unsafe = unsafe_globals(path, exc)
             if unsafe:
                 raise UnsafeCheckpointError(
                     f"{path} asks to unpickle arbitrary Python objects ({', '.join(unsafe)}), which can run code "
@@ -258,7 +258,7 @@ def _read_safetensors(path: Path, map_location):
     return state, ({"safetensors_metadata": metadata} if metadata else {})
 
 
-def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
+def unsafe_globals(path: Path, exc: Exception) -> list[str]:
     """Globals the pickle asks for beyond torch's safe set, found without executing it."""
     message = str(exc)
     try:

@@ -145,7 +145,7 @@ def data_fingerprint(kind: str, x: np.ndarray, y: np.ndarray, split: np.ndarray)
     return digest.hexdigest()
 
 
-def _seeded_split(n: int, names: tuple[str, ...], counts: tuple[int, ...]) -> np.ndarray:
+def seeded_split(n: int, names: tuple[str, ...], counts: tuple[int, ...]) -> np.ndarray:
     """Assign names to rows in the order of `default_rng(0).permutation(n)`, counts[i] each."""
     order = np.random.default_rng(0).permutation(n)
     split = np.empty(n, dtype="<U5")
@@ -154,6 +154,12 @@ def _seeded_split(n: int, names: tuple[str, ...], counts: tuple[int, ...]) -> np
         split[order[start : start + count]] = name
         start += count
     return split
+
+
+def val_test_halves(n: int) -> np.ndarray:
+    """The split used wherever none is given (npz data, imported logits): the first n // 2
+    rows of `default_rng(0).permutation(n)` are val, the rest test. (n,) str."""
+    return seeded_split(n, ("val", "test"), (n // 2, n - n // 2))
 
 
 # ---------------------------------------------------------------- digits
@@ -167,7 +173,7 @@ def _digits():
     y = bunch.target.astype(np.int64)
     n = len(y)
     n_train, n_val = int(DIGITS_FRACTIONS[0] * n), int(DIGITS_FRACTIONS[1] * n)
-    split = _seeded_split(n, SPLIT_NAMES, (n_train, n_val, n - n_train - n_val))
+    split = seeded_split(n, SPLIT_NAMES, (n_train, n_val, n - n_train - n_val))
     return x, y, split, 10, "digits"
 
 
@@ -283,7 +289,7 @@ def _cifar(kind: str, directory: Path, wanted: tuple[str, ...]):
             raise ValueError(f"{root / name}: labels must lie in [0, {info['classes']}) for {kind}; is it {kind}?")
         if name == info["test"]:
             n = len(y)
-            split = _seeded_split(n, ("val", "test"), (n // 2, n - n // 2))
+            split = val_test_halves(n)
         else:
             split = np.full(len(y), "train", dtype="<U5")
         keep = np.isin(split, wanted)  # drop unwanted rows while they are still 1 byte a value
@@ -333,7 +339,7 @@ def _npz(path: Path):
             ) from None
     n = _check_npz_arrays(path, x, y, split)
     if split is None:
-        split = _seeded_split(n, ("val", "test"), (n // 2, n - n // 2))
+        split = val_test_halves(n)
     elif split.dtype.kind == "S":
         split = np.char.decode(split, "ascii")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.") or "data"
