@@ -81,14 +81,15 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     for candidate in candidates:
         owner = candidate.name[len(prefix) : -len(".tmp")].rsplit(".", 1)[0]
         host, _, pid = owner.rpartition("-")
-        if host == _OWNER and pid.isdigit() and not _pid_alive(int(pid)):
+        if host == _OWNER and pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 candidate.unlink()
                 removed.append(candidate)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (unknown or foreign counts as alive)."""
     if pid == os.getpid():
         return True
     try:

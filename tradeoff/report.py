@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from tradeoff import __version__
-from tradeoff.fileio import write_json_atomic, write_text_atomic
+from tradeoff.fileio import pid_alive, write_json_atomic, write_text_atomic
 
 THRESHOLDS_FILE = "thresholds.json"
 PARETO_FILE = "pareto.csv"
@@ -460,20 +460,8 @@ def _remove_stale(parent: Path, name: str) -> None:
     for kind in ("tmp", "old"):
         for path in parent.glob(f".{name}.{kind}-*-*"):
             pid_text = path.name[len(f".{name}.{kind}-") :].split("-", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and not pid_alive(int(pid_text)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_run(run_dir: str | os.PathLike, *, lock: bool = True) -> tuple[dict, dict, str]:

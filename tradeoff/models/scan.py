@@ -111,7 +111,7 @@ def _scala(in_channels: int, width: int, out_channels: int, kernel: int, pool: i
     )
 
 
-class _Stem(nn.Module):
+class ResNetStem(nn.Module):
     """Section 1: conv1 -> bn1 -> ReLU -> layer1 (no max-pool, as in the CIFAR ResNets)."""
 
     def __init__(self, conv1: nn.Module, bn1: nn.Module, layer1: nn.Module) -> None:
@@ -209,7 +209,7 @@ class ScanResNet(MultiExitNet):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # Built once and kept in a plain list (not registered), so state_dict keys stay the
         # official ones while forward does not rebuild wrappers on every call.
-        self._stage_list = [Stage(_Stem(self.conv1, self.bn1, self.layer1), self._head(1))]
+        self._stage_list = [Stage(ResNetStem(self.conv1, self.bn1, self.layer1), self._head(1))]
         self._stage_list += [Stage(getattr(self, f"layer{i}"), self._head(i)) for i in range(2, num_exits + 1)]
 
     def _head(self, i: int) -> _ExitHead:

@@ -25,18 +25,9 @@ from torch.nn import functional as F
 
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import create_model, register_model
-from tradeoff.models.scan import BasicBlock
+from tradeoff.models.scan import BasicBlock, ResNetStem
 
 __all__ = ["PlainResNet", "SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main"]
-
-
-class _Stem(nn.Module):
-    def __init__(self, conv1: nn.Module, bn1: nn.Module, layer1: nn.Module) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.layer1 = conv1, bn1, layer1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer1(F.relu(self.bn1(self.conv1(x))))
 
 
 class _Classifier(nn.Module):
@@ -92,7 +83,7 @@ class PlainResNet(MultiExitNet):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # Wrappers kept out of the module tree so state_dict keys stay conv1, bn1, layerN, fc.
-        self.__dict__["_sections"] = [_Stem(self.conv1, self.bn1, self.layer1)] + [
+        self.__dict__["_sections"] = [ResNetStem(self.conv1, self.bn1, self.layer1)] + [
             getattr(self, f"layer{i}") for i in range(2, self.num_layers + 1)
         ]
         self.__dict__["_classifier"] = _Classifier(self.fc)
