@@ -24,16 +24,18 @@ other work shares the machine; the CPU-time ratios in the notes are steadier whe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import statistics
 import time
+from typing import Iterator
 
 import numpy as np
 
 from tradeoff.policy import exit_table, score_thresholds_reference
 from tradeoff.search.baselines import grid_search
-from tradeoff.search.nsga import _Individual, _initial_thresholds, seeded_global_random, nsga2_search
+from tradeoff.search.nsga import _Individual, _initial_thresholds, nsga2_search
 from tradeoff.search.pareto import front_result, hypervolume_2d, pick_target_accuracy, reference_point
 from tradeoff.search.scoring import scorer_for
 from tradeoff.synthetic import synthetic_cache
@@ -50,6 +52,17 @@ def _row(benchmark, metric, value, *, baseline=None, ratio=None, goal="", passed
 
 def _hv(accuracy, flops, table) -> float:
     return hypervolume_2d(1.0 - np.asarray(accuracy), np.asarray(flops), reference=reference_point(table.flops))
+
+
+@contextlib.contextmanager
+def seeded_global_random(seed: int) -> Iterator[None]:
+    """Seed Python's global `random` (which DEAP's own operators use) and restore it afterwards."""
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
 
 
 def deap_per_individual(table, scorer, *, pop, gens, seed, cx_eta=20.0, mut_eta=20.0, cxpb=0.9):

@@ -1,58 +1,67 @@
 """NSGA-II search for per-exit thresholds with DEAP, scored one population per call.
 
 Genes are the thresholds t_1..t_{K-1} in [0, 1]; objectives are val accuracy (up) and
-val mean cost (down), DEAP weights (1.0, -1.0). Operators are DEAP's own: parents by
-`selTournamentDCD`, bounded SBX crossover (`cxSimulatedBinaryBounded`), bounded
-polynomial mutation (`mutPolynomialBounded`), survivors by `selNSGA2` with DEAP's
-`nd="log"` non-dominated sort (Fortin et al.'s sweep: the same fronts as the standard
-O(M N^2) sort, ~25x faster at 200 individuals).
+val mean cost (down), DEAP weights (1.0, -1.0). Parents by DEAP's dominance/crowding
+tournament rule; survivors by DEAP's `selNSGA2` with its `nd="log"` non-dominated sort
+(Fortin et al.'s sweep: the same fronts as the standard O(M N^2) sort, ~25x faster at
+200 individuals).
+Variation is bounded SBX crossover and bounded polynomial mutation with DEAP 1.4's
+formulas (`cxSimulatedBinaryBounded`, `mutPolynomialBounded`, after Deb's NSGA-II C
+code), written here as NumPy operators over all pairs / children at once
+(`sbx_bounded`, `polynomial_mutation_bounded`) and registered in the run's toolbox.
 
 What differs from DEAP's textbook loop, and why:
 - The whole batch of new individuals is scored in ONE scorer call per generation (a
   (P, K-1) matrix in, arrays out); a Python call per individual would cost more than
   the scoring itself.
 - SBX and polynomial mutation work gene by gene with the same bounds everywhere, so each
-  is applied ONCE per generation to the concatenated genes of all pairs / all children
-  (the same operator as a call per pair / child, without the per-call overhead).
-  Children are fresh lists, not `deepcopy` clones; a child whose genes came out
-  unchanged duplicates its parent and is dropped instead of re-scored.
-- DEAP's operators draw from the global `random` module; each run seeds it and puts the
-  caller's state back afterwards, so two searches in one process share nothing and the
-  caller's random stream is untouched. Fitness/individual classes are plain subclasses
-  defined here (no `creator`), for the same reason.
+  runs ONCE per generation as a few NumPy passes over all pairs / all children; DEAP's
+  versions loop over genes in Python (~0.3 ms per generation at pop 100). They take
+  their uniform draws as arrays, from the run's `numpy.random.Generator` (seeded by the
+  search seed), so the same draws give DEAP's children (to the last bit of `**`, which
+  NumPy's SIMD and libm may round differently; tests/test_nsga.py) and the same seed
+  the same front. Children whose genes came out unchanged duplicate a parent and are
+  dropped instead of re-scored.
+- Parents are chosen by DEAP's dominance/crowding tournament rule (`selTournamentDCD`),
+  vectorised here (`tournament_dcd`), with the same pairing; DEAP's version loops in
+  Python and draws from the global `random`.
+- Every draw comes from one `numpy.random.Generator` seeded by the search seed, never
+  from the global `random` module (which `selNSGA2` does not use), so two searches in
+  one process share nothing and the caller's random streams are untouched.
+  Fitness/individual classes are plain subclasses defined here (no `creator`), for the
+  same reason.
 - The front returned is the non-dominated archive of every vector ever scored, merged
   in NumPy each generation, not only the last population.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
 import time
-from typing import Iterator
+from itertools import chain
 
 import numpy as np
 from deap import base, tools
 
 from tradeoff.policy import ExitTable
-from tradeoff.search.pareto import FrontResult, front_result, nondominated_unchecked
+from tradeoff.search.pareto import FrontResult, front_result
 from tradeoff.search.scoring import Scorer, check_table, scorer_for
 
 # Per-exit quantile levels of val confidence used as informed starting points.
 _SEED_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.98)
 
+# SBX's two children are x1 + x2 -/+ beta_q * (x2 - x1), halved: the sign of each row.
+_SBX_SIDES = np.array([[-1.0], [1.0]])
+
 
 class _Fitness(base.Fitness):
     """(val accuracy, val mean FLOPs): accuracy maximised, cost minimised.
 
-    `__init__` skips base.Fitness's per-instance re-check of the class's `weights`
-    (fixed here): thousands of fitnesses are made per search.
+    `__init__` is object's (C, no frame): it skips base.Fitness's per-instance re-check
+    of the class's `weights` (fixed here); ~10,000 fitnesses are made per search.
     """
 
     weights = (1.0, -1.0)
-
-    def __init__(self):
-        pass
+    __init__ = object.__init__
 
     def _get_values(self):
         return (self.wvalues[0], -self.wvalues[1]) if self.wvalues else ()
@@ -63,24 +72,15 @@ class _Fitness(base.Fitness):
 
 
 class _Individual(list):
-    """A threshold vector with its fitness; a plain list so DEAP's operators work in place."""
+    """A threshold vector with its fitness; a plain list, as DEAP's selection expects."""
 
     __slots__ = ("fitness",)
 
-    def __init__(self, genes=()):
-        super().__init__(genes)
-        self.fitness = _Fitness()
-
-
-@contextlib.contextmanager
-def seeded_global_random(seed: int) -> Iterator[None]:
-    """Seed Python's global `random` (which DEAP's operators use) and restore it afterwards."""
-    saved = random.getstate()
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(saved)
+    def __init__(self, genes=(), wvalues=()):
+        list.__init__(self, genes)
+        self.fitness = fitness = _Fitness()
+        if wvalues:
+            fitness.wvalues = wvalues
 
 
 def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,16 +97,20 @@ def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) ->
     return np.clip(np.concatenate([informed, uniform]), 0.0, 1.0)
 
 
-def _evaluate(individuals: list, thresholds: np.ndarray, scorer: Scorer, archive: "_Archive") -> int:
-    """Score `thresholds` (the genes of `individuals`) in ONE scorer call; set fitness; feed the archive."""
-    if not individuals:
-        return 0
+def _evaluate(thresholds: np.ndarray, scorer: Scorer, archive: "_Archive") -> list:
+    """Score (P, K-1) `thresholds` in ONE scorer call, feed the archive, return P individuals.
+
+    Fitness is set as DEAP's weighted tuple (accuracy, -flops) directly (exact for
+    weights +-1), as the individuals are made.
+    """
+    if thresholds.shape[0] == 0:
+        return []
     scores = scorer(thresholds)
     accuracy = np.asarray(scores.accuracy, dtype=np.float64)
     flops = np.asarray(scores.flops, dtype=np.float64)
-    _set_fitness(individuals, accuracy, flops)
     archive.add(thresholds, accuracy, flops)
-    return len(individuals)
+    wvalues = zip(accuracy.tolist(), (-flops).tolist())
+    return [_Individual(genes, w) for genes, w in zip(thresholds.tolist(), wvalues)]
 
 
 class _Archive:
@@ -125,72 +129,180 @@ class _Archive:
 
     def add(self, thresholds: np.ndarray, accuracy: np.ndarray, flops: np.ndarray) -> None:
         error = 1.0 - accuracy
-        new = np.flatnonzero(nondominated_unchecked(error, flops))  # the batch's own front
+        new = np.arange(error.size)
         if self.flops.size:
             # The archive point with the largest cost <= c has the lowest error among all
             # those costing <= c; a new point it matches or beats in error is dominated.
-            pos = np.searchsorted(self.flops, flops[new], side="right") - 1
-            beaten = (pos >= 0) & (self.error[np.maximum(pos, 0)] <= error[new])
-            new = new[~beaten]
+            pos = np.searchsorted(self.flops, flops, side="right") - 1
+            new = np.flatnonzero((pos < 0) | (self.error[np.maximum(pos, 0)] > error))
             if new.size == 0:
                 return
         t = np.concatenate([self.thresholds, thresholds[new]])
         a = np.concatenate([self.accuracy, accuracy[new]])
         e = np.concatenate([self.error, error[new]])
         f = np.concatenate([self.flops, flops[new]])
-        keep = np.flatnonzero(nondominated_unchecked(e, f))
-        keep = keep[np.argsort(f[keep], kind="stable")]
+        # `nondominated_unchecked`'s sweep, kept in its cost order: cheapest first, then
+        # lowest error, then (lexsort is stable) the archive's point before a new one.
+        order = np.lexsort((e, f))
+        e_sorted = e[order]
+        keep = order[e_sorted < np.concatenate(([np.inf], np.minimum.accumulate(e_sorted)[:-1]))]
         self.thresholds, self.accuracy, self.error, self.flops = t[keep], a[keep], e[keep], f[keep]
 
 
-def _set_fitness(individuals: list, accuracy: np.ndarray, flops: np.ndarray) -> None:
-    """fitness.values = (accuracy, flops), set as the weighted tuple (acc, -flops) directly (exact)."""
-    for ind, wvalues in zip(individuals, zip(accuracy.tolist(), (-flops).tolist())):
-        ind.fitness.wvalues = wvalues
+def tournament_dcd(
+    wvalues: np.ndarray, crowding: np.ndarray, order1: np.ndarray, order2: np.ndarray, ties: np.ndarray
+) -> np.ndarray:
+    """DEAP's dominance/crowding tournament (`selTournamentDCD`), all tournaments at once.
 
+    DEAP's rule for each pair: the one that dominates wins, else the larger crowding
+    distance, else a coin (draw <= 0.5: the first). The pairs come from two shuffles of
+    the candidates taken four at a time, as DEAP pairs them: (o1[i], o1[i+1]),
+    (o1[i+2], o1[i+3]), (o2[i], o2[i+1]), (o2[i+2], o2[i+3]) for i = 0, 4, 8, ...; so
+    each candidate plays twice, and consecutive winners (the next parent pair) differ.
 
-def _select_parents(population: list, k: int) -> list:
-    """`k` parents by DEAP's dominance/crowding tournament (`selTournamentDCD`).
-
-    It needs a multiple of four candidates; other sizes are padded with the first
-    individuals (at most three) and the choice truncated to `k`.
-    """
-    pad = (-len(population)) % 4
-    candidates = population + population[:pad]
-    return tools.selTournamentDCD(candidates, len(candidates))[:k]
-
-
-def _vary(toolbox: base.Toolbox, parents: list, cxpb: float) -> tuple[list, np.ndarray]:
-    """Children of consecutive parent pairs: SBX with probability cxpb, then mutation.
-
-    DEAP's SBX and polynomial mutation treat every gene independently (same bounds for
-    all), so applying each ONCE to the concatenated genes of all pairs / all children is
-    the same operator as one call per pair / per child, at a fraction of the Python
-    overhead. A child whose genes came out unchanged is a copy of a parent already in
-    the population: it is dropped (as pymoo drops duplicates), not scored again.
+    Args:
+        wvalues: (n, M) weighted fitness (DEAP's `wvalues`: larger is better).
+        crowding: (n,) crowding distances (DEAP's `crowding_dist`; inf at front ends).
+        order1, order2: (c,) the two shuffles of candidate indices, c a multiple of 4.
+        ties: (c,) uniform [0, 1) coins, one per tournament (used only on ties).
 
     Returns:
-        (the new children, their genes (M, K-1)), M <= len(parents).
+        (c,) winners' indices, in DEAP's order.
     """
-    m, dim = len(parents), len(parents[0])
-    crossed = [i for i in range(m // 2) if random.random() <= cxpb]
-    rows = parents
-    if crossed:
-        first = [g for i in crossed for g in parents[2 * i]]
-        second = [g for i in crossed for g in parents[2 * i + 1]]
-        toolbox.mate(first, second)
-        rows = list(parents)  # parents themselves are never modified
-        for j, i in enumerate(crossed):
-            rows[2 * i], rows[2 * i + 1] = first[j * dim : (j + 1) * dim], second[j * dim : (j + 1) * dim]
-    flat = [g for row in rows for g in row]
-    toolbox.mutate(flat)
-    children, changed = [], []
-    for j, parent in enumerate(parents):
-        genes = flat[j * dim : (j + 1) * dim]
-        if genes != parent:
-            children.append(_Individual(genes))
-            changed.append(j)
-    return children, np.array(flat, dtype=np.float64).reshape(m, dim)[changed]
+    pairs = np.concatenate([order1.reshape(-1, 2, 2), order2.reshape(-1, 2, 2)], axis=1).reshape(-1, 2)
+    a, b = pairs[:, 0], pairs[:, 1]
+    a_no_worse = b_no_worse = True
+    for objective in wvalues.T:  # column by column: cheaper than 2-D reductions for M = 2
+        wa, wb = objective[a], objective[b]
+        a_no_worse = a_no_worse & (wa >= wb)
+        b_no_worse = b_no_worse & (wb >= wa)
+    a_dominates = a_no_worse & ~b_no_worse  # no worse anywhere, better somewhere
+    b_dominates = b_no_worse & ~a_no_worse
+    ca, cb = crowding[a], crowding[b]
+    undecided = ~a_dominates & ~b_dominates
+    first_wins = a_dominates | (undecided & ((ca > cb) | ((ca == cb) & (ties <= 0.5))))
+    return np.where(first_wins, a, b)
+
+
+def _select_parents(population: list, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Genes (k, K-1) of `k` parents by the dominance/crowding tournament (`tournament_dcd`).
+
+    It needs a multiple of four candidates; other sizes are padded with the first
+    individuals (at most three) and the choice truncated to `k`. Reads the fitness and
+    crowding distance `selNSGA2` left on each individual.
+    """
+    n, dim = len(population), len(population[0])
+    wvalues = np.fromiter(chain.from_iterable([ind.fitness.wvalues for ind in population]), np.float64, 2 * n)
+    crowding = np.fromiter([ind.fitness.crowding_dist for ind in population], np.float64, n)
+    genes = np.fromiter(chain.from_iterable(population), np.float64, n * dim).reshape(n, dim)
+    pad = (-n) % 4
+    if pad:
+        candidates = np.concatenate([np.arange(n), np.arange(pad)])
+        order1, order2 = candidates[rng.permutation(n + pad)], candidates[rng.permutation(n + pad)]
+    else:
+        order1, order2 = rng.permutation(n), rng.permutation(n)
+    winners = tournament_dcd(wvalues.reshape(n, 2), crowding, order1, order2, rng.random(n + pad))
+    return genes[winners[:k]]
+
+
+def sbx_bounded(
+    first: np.ndarray, second: np.ndarray, draws: np.ndarray, *, eta: float, low: float, up: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounded simulated binary crossover of many pairs at once; DEAP's formulas, vectorised.
+
+    Gene by gene the same as DEAP 1.4's `tools.cxSimulatedBinaryBounded` (Deb's NSGA-II C
+    code): a gene pair is crossed when its first draw is <= 0.5 and the parents differ by
+    more than 1e-14; both children come from one spread draw and are clipped to
+    [low, up]; a third draw <= 0.5 swaps them. DEAP draws the last two only for crossed
+    genes; here every gene has all three (unused ones are ignored), so the operator is a
+    few NumPy passes instead of a Python loop over genes.
+
+    Args:
+        first, second: (n, d) parent genes; row i of each forms a pair. Not modified.
+        draws: (3, n, d) uniform [0, 1) numbers: per gene, cross?, spread, swap?.
+        eta: distribution index (larger = children nearer their parents).
+        low, up: the bounds of every gene.
+
+    Returns:
+        (child1, child2), new (n, d) float64 arrays.
+    """
+    first = np.asarray(first, dtype=np.float64)
+    second = np.asarray(second, dtype=np.float64)
+    cross_u, spread_u, swap_u = draws
+    cross = (cross_u <= 0.5) & (np.abs(first - second) > 1e-14)
+    a, b = first[cross], second[cross]
+    x1, x2 = np.minimum(a, b), np.maximum(a, b)
+    span = x2 - x1
+    # Row 0 the lower child (room below x1), row 1 the upper one (room above x2).
+    beta = 1.0 + (2.0 * np.concatenate([x1 - low, up - x2]).reshape(2, -1) / span)
+    alpha = 2.0 - beta ** -(eta + 1)
+    rand = spread_u[cross]
+    scaled = rand * alpha  # < 2, as rand < 1 and alpha <= 2: both bases below are finite
+    spread = np.where(rand <= 1.0 / alpha, scaled, 1.0 / (2.0 - scaled)) ** (1.0 / (eta + 1))
+    children = np.minimum(np.maximum(0.5 * (x1 + x2 + _SBX_SIDES * spread * span), low), up)
+    swap = swap_u[cross] <= 0.5
+    child1, child2 = first.copy(), second.copy()
+    child1[cross] = np.where(swap, children[1], children[0])
+    child2[cross] = np.where(swap, children[0], children[1])
+    return child1, child2
+
+
+def polynomial_mutation_bounded(
+    genes: np.ndarray, draws: np.ndarray, *, eta: float, low: float, up: float, indpb: float
+) -> np.ndarray:
+    """Bounded polynomial mutation of many genes at once; DEAP's formulas, vectorised.
+
+    Gene by gene the same as DEAP 1.4's `tools.mutPolynomialBounded` (Deb's NSGA-II C
+    code): a gene mutates when its first draw is <= indpb, by a step from its second
+    draw, clipped to [low, up]. DEAP draws the second only for mutated genes; here every
+    gene has both (unused ones are ignored).
+
+    Args:
+        genes: (n, d) genes. Not modified.
+        draws: (2, n, d) uniform [0, 1) numbers: per gene, mutate?, step.
+        eta: distribution index (larger = smaller steps).
+        low, up: the bounds of every gene.
+        indpb: probability that a gene mutates.
+
+    Returns:
+        The mutated genes, a new (n, d) float64 array.
+    """
+    genes = np.asarray(genes, dtype=np.float64)
+    hit_u, r = draws
+    span = up - low
+    # Both branches on every gene (a few whole-array passes beat masked subsets at this
+    # size); their bases are >= 0 for any draw in [0, 1) and genes in [low, up].
+    lower = r < 0.5
+    xy_pow = np.where(lower, 1.0 - (genes - low) / span, 1.0 - (up - genes) / span) ** (eta + 1)
+    val = np.where(lower, 2.0 * r + (1.0 - 2.0 * r) * xy_pow, 2.0 * (1.0 - r) + 2.0 * (r - 0.5) * xy_pow)
+    val_pow = val ** (1.0 / (eta + 1.0))
+    delta_q = np.where(lower, val_pow - 1.0, 1.0 - val_pow)
+    moved = np.minimum(np.maximum(genes + delta_q * span, low), up)
+    return np.where(hit_u <= indpb, moved, genes)
+
+
+def _vary(toolbox: base.Toolbox, genes: np.ndarray, cxpb: float, rng: np.random.Generator) -> np.ndarray:
+    """Children of consecutive parent pairs: SBX with probability cxpb, then mutation.
+
+    All pairs are crossed and all children mutated in one vectorised call each, with
+    uniform draws from `rng` taken in a fixed order (same seed, same children). A child
+    whose genes came out unchanged is a copy of a parent already in the population: it
+    is dropped (as pymoo drops duplicates), not scored again.
+
+    Args:
+        genes: (m, K-1) the parents' genes; rows 2i and 2i+1 are a pair. Not modified.
+
+    Returns:
+        The children's genes (M, K-1), M <= m.
+    """
+    m, dim = genes.shape
+    first = 2 * np.flatnonzero(rng.random(m // 2) <= cxpb)
+    rows = genes.copy()  # parents themselves are never modified
+    if first.size:
+        second = first + 1
+        rows[first], rows[second] = toolbox.mate(genes[first], genes[second], rng.random((3, first.size, dim)))
+    rows = toolbox.mutate(rows, rng.random((2, m, dim)))
+    return rows[(rows != genes).any(axis=1)]
 
 
 def _check_options(pop, gens, seed, cx_eta, mut_eta, cxpb, indpb) -> None:
@@ -225,8 +337,8 @@ def nsga2_search(
         table: the val split's ExitTable (K >= 2 exits).
         pop: population size (>= 4); `pop` new vectors are scored per generation.
         gens: generations after the initial population; pop * (gens + 1) vectors at most.
-        seed: seeds the initial population and DEAP's operators; same table + seed ->
-            bitwise identical front.
+        seed: seeds the run's Generator (initial population, tournaments, variation);
+            same table + seed -> bitwise identical front.
         scorer: callable (P, K-1) thresholds -> Scores; default the policy's fastest.
         cx_eta: SBX distribution index (larger = children nearer their parents).
         mut_eta: polynomial-mutation distribution index.
@@ -246,24 +358,22 @@ def nsga2_search(
     score = scorer_for(table, scorer)
     dim = table.num_exits - 1
     toolbox = base.Toolbox()
-    toolbox.register("mate", tools.cxSimulatedBinaryBounded, eta=float(cx_eta), low=0.0, up=1.0)
+    toolbox.register("mate", sbx_bounded, eta=float(cx_eta), low=0.0, up=1.0)
     toolbox.register(
-        "mutate", tools.mutPolynomialBounded, eta=float(mut_eta), low=0.0, up=1.0,
+        "mutate", polynomial_mutation_bounded, eta=float(mut_eta), low=0.0, up=1.0,
         indpb=1.0 / dim if indpb is None else float(indpb),
     )
     toolbox.register("select", tools.selNSGA2, nd="log")
     toolbox.register("parents", _select_parents)
     archive = _Archive(dim)
     rng = np.random.default_rng(seed)
-    with seeded_global_random(int(seed)):
-        start_points = _initial_thresholds(table, pop, rng)
-        population = [_Individual(row) for row in start_points.tolist()]
-        evaluations = _evaluate(population, start_points, score, archive)
-        population = toolbox.select(population, pop)  # assigns crowding distances
-        for _ in range(gens):
-            offspring, genes = _vary(toolbox, toolbox.parents(population, pop), cxpb)
-            evaluations += _evaluate(offspring, genes, score, archive)
-            population = toolbox.select(population + offspring, pop)
+    population = _evaluate(_initial_thresholds(table, pop, rng), score, archive)
+    evaluations = len(population)
+    population = toolbox.select(population, pop)  # assigns crowding distances
+    for _ in range(gens):
+        offspring = _evaluate(_vary(toolbox, toolbox.parents(population, pop, rng), cxpb, rng), score, archive)
+        evaluations += len(offspring)
+        population = toolbox.select(population + offspring, pop)
     return front_result(
         archive.thresholds, archive.accuracy, archive.flops,
         evaluations=evaluations, seconds=time.perf_counter() - start,
