@@ -35,7 +35,7 @@ import numpy as np
 
 from tradeoff.policy import exit_table, score_thresholds_reference
 from tradeoff.search.baselines import grid_search
-from tradeoff.search.nsga import _Individual, _initial_thresholds, nsga2_search
+from tradeoff.search.nsga import _initial_thresholds, nsga2_search
 from tradeoff.search.pareto import front_result, hypervolume_2d, pick_target_accuracy, reference_point
 from tradeoff.search.scoring import scorer_for
 from tradeoff.synthetic import synthetic_cache
@@ -79,6 +79,14 @@ def deap_per_individual(table, scorer, *, pop, gens, seed, cx_eta=20.0, mut_eta=
         s = scorer(np.asarray([ind], dtype=np.float64))
         return float(s.accuracy[0]), float(s.flops[0])
 
+    class Fitness(base.Fitness):  # what creator.create("Fitness", base.Fitness, weights=...) makes
+        weights = (1.0, -1.0)
+
+    class Individual(list):
+        def __init__(self, genes=()):
+            super().__init__(genes)
+            self.fitness = Fitness()
+
     toolbox = base.Toolbox()
     toolbox.register("evaluate", evaluate)
     toolbox.register("mate", tools.cxSimulatedBinaryBounded, eta=cx_eta, low=0.0, up=1.0)
@@ -86,7 +94,7 @@ def deap_per_individual(table, scorer, *, pop, gens, seed, cx_eta=20.0, mut_eta=
     toolbox.register("select", tools.selNSGA2, nd="log")
     start = time.perf_counter()
     with seeded_global_random(seed):
-        population = [_Individual(r) for r in _initial_thresholds(table, pop, np.random.default_rng(seed)).tolist()]
+        population = [Individual(r) for r in _initial_thresholds(table, pop, np.random.default_rng(seed)).tolist()]
         for ind, fit in zip(population, map(toolbox.evaluate, population)):
             ind.fitness.values = fit
         population = toolbox.select(population, pop)

@@ -56,31 +56,28 @@ _SBX_SIDES = np.array([[-1.0], [1.0]])
 class _Fitness(base.Fitness):
     """(val accuracy, val mean FLOPs): accuracy maximised, cost minimised.
 
-    `__init__` is object's (C, no frame): it skips base.Fitness's per-instance re-check
-    of the class's `weights` (fixed here); ~10,000 fitnesses are made per search.
+    Set once, when its individual is made, and never changed: `wvalues` (accuracy,
+    -flops) and `values` (accuracy, flops) are then both plain attributes, where
+    base.Fitness computes `values` from `wvalues` in a property on every read (DEAP's
+    crowding distance reads it ~13,000 times per search). `__init__` is object's (C, no
+    frame): it skips base.Fitness's per-instance re-check of the class's `weights`.
     """
 
     weights = (1.0, -1.0)
+    values = ()  # a plain class attribute: hides base.Fitness's property
     __init__ = object.__init__
-
-    def _get_values(self):
-        return (self.wvalues[0], -self.wvalues[1]) if self.wvalues else ()
-
-    # Same as base.Fitness.values (wvalues / weights, exact for weights +-1), read without
-    # map/truediv: crowding distances read it for every individual every generation.
-    values = property(_get_values, base.Fitness.setValues, base.Fitness.delValues)
 
 
 class _Individual(list):
-    """A threshold vector with its fitness; a plain list, as DEAP's selection expects."""
+    """A threshold vector with its scored fitness; a plain list, as DEAP's selection expects."""
 
     __slots__ = ("fitness",)
 
-    def __init__(self, genes=(), wvalues=()):
+    def __init__(self, genes, accuracy: float, flops: float):
         list.__init__(self, genes)
         self.fitness = fitness = _Fitness()
-        if wvalues:
-            fitness.wvalues = wvalues
+        fitness.values = (accuracy, flops)
+        fitness.wvalues = (accuracy, -flops)  # = values * weights, exactly
 
 
 def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) -> np.ndarray:
@@ -98,19 +95,14 @@ def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) ->
 
 
 def _evaluate(thresholds: np.ndarray, scorer: Scorer, archive: "_Archive") -> list:
-    """Score (P, K-1) `thresholds` in ONE scorer call, feed the archive, return P individuals.
-
-    Fitness is set as DEAP's weighted tuple (accuracy, -flops) directly (exact for
-    weights +-1), as the individuals are made.
-    """
+    """Score (P, K-1) `thresholds` in ONE scorer call, feed the archive, return P individuals."""
     if thresholds.shape[0] == 0:
         return []
     scores = scorer(thresholds)
     accuracy = np.asarray(scores.accuracy, dtype=np.float64)
     flops = np.asarray(scores.flops, dtype=np.float64)
     archive.add(thresholds, accuracy, flops)
-    wvalues = zip(accuracy.tolist(), (-flops).tolist())
-    return [_Individual(genes, w) for genes, w in zip(thresholds.tolist(), wvalues)]
+    return [_Individual(*row) for row in zip(thresholds.tolist(), accuracy.tolist(), flops.tolist())]
 
 
 class _Archive:
