@@ -264,7 +264,7 @@ def test_tournament_equals_deap_on_the_same_shuffles(monkeypatch, seed):
     # few distinct values: many equal fitnesses, dominance both ways, crowding ties and inf
     wvalues = np.column_stack([rng.integers(0, 4, n) / 4, -rng.integers(0, 4, n) * 1.0])
     crowding = rng.choice([0.0, 0.5, 1.0, np.inf], n)
-    pop = [_Individual([float(i)], acc, -neg_flops) for i, (acc, neg_flops) in enumerate(wvalues.tolist())]
+    pop = [_Individual(i, acc, -neg_flops) for i, (acc, neg_flops) in enumerate(wvalues.tolist())]
     for ind, c in zip(pop, crowding.tolist()):
         ind.fitness.crowding_dist = c
     order1, order2, coins = rng.permutation(n), rng.permutation(n), rng.random(n)
@@ -279,4 +279,4 @@ def test_tournament_equals_deap_on_the_same_shuffles(monkeypatch, seed):
     stream = _feed_deap(monkeypatch, [c for c, t in zip(coins, tied) if t])
     chosen = tools.selTournamentDCD(pop, n)
     assert next(stream, None) is None and next(shuffles, None) is None
-    assert [pop.index(ind) for ind in chosen] == winners.tolist()
+    assert [ind.row for ind in chosen] == winners.tolist()

@@ -28,8 +28,10 @@ What differs from DEAP's textbook loop, and why:
 - Every draw comes from one `numpy.random.Generator` seeded by the search seed, never
   from the global `random` module (which `selNSGA2` does not use), so two searches in
   one process share nothing and the caller's random streams are untouched.
-  Fitness/individual classes are plain subclasses defined here (no `creator`), for the
-  same reason.
+  Fitness/individual classes are defined here (no `creator`), for the same reason.
+- An individual is only what `selNSGA2` reads: a fitness set once when it is scored,
+  and the row of its genes in one NumPy store of every vector scored (no list per
+  individual, no `deepcopy` clones).
 - The front returned is the non-dominated archive of every vector ever scored, merged
   in NumPy each generation, not only the last population.
 """
@@ -68,13 +70,15 @@ class _Fitness(base.Fitness):
     __init__ = object.__init__
 
 
-class _Individual(list):
-    """A threshold vector with its scored fitness; a plain list, as DEAP's selection expects."""
+class _Individual:
+    """One scored threshold vector as DEAP's selection sees it: its fitness, and the row
+    of its genes in the run's store of every vector scored (NumPy, not a list per
+    individual, so parents' genes are one fancy index away)."""
 
-    __slots__ = ("fitness",)
+    __slots__ = ("fitness", "row")
 
-    def __init__(self, genes, accuracy: float, flops: float):
-        list.__init__(self, genes)
+    def __init__(self, row: int, accuracy: float, flops: float):
+        self.row = row
         self.fitness = fitness = _Fitness()
         fitness.values = (accuracy, flops)
         fitness.wvalues = (accuracy, -flops)  # = values * weights, exactly
@@ -94,15 +98,21 @@ def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) ->
     return np.clip(np.concatenate([informed, uniform]), 0.0, 1.0)
 
 
-def _evaluate(thresholds: np.ndarray, scorer: Scorer, archive: "_Archive") -> list:
-    """Score (P, K-1) `thresholds` in ONE scorer call, feed the archive, return P individuals."""
+def _evaluate(thresholds: np.ndarray, scorer: Scorer, archive: "_Archive", store: np.ndarray, first: int) -> list:
+    """Score (P, K-1) `thresholds` in ONE scorer call and feed the archive.
+
+    Returns:
+        P individuals, their genes kept in rows first..first+P-1 of `store`.
+    """
     if thresholds.shape[0] == 0:
         return []
     scores = scorer(thresholds)
     accuracy = np.asarray(scores.accuracy, dtype=np.float64)
     flops = np.asarray(scores.flops, dtype=np.float64)
     archive.add(thresholds, accuracy, flops)
-    return [_Individual(*row) for row in zip(thresholds.tolist(), accuracy.tolist(), flops.tolist())]
+    rows = range(first, first + thresholds.shape[0])
+    store[rows.start : rows.stop] = thresholds
+    return [_Individual(*row) for row in zip(rows, accuracy.tolist(), flops.tolist())]
 
 
 class _Archive:
@@ -176,17 +186,17 @@ def tournament_dcd(
     return np.where(first_wins, a, b)
 
 
-def _select_parents(population: list, k: int, rng: np.random.Generator) -> np.ndarray:
+def _select_parents(population: list, k: int, rng: np.random.Generator, store: np.ndarray) -> np.ndarray:
     """Genes (k, K-1) of `k` parents by the dominance/crowding tournament (`tournament_dcd`).
 
     It needs a multiple of four candidates; other sizes are padded with the first
     individuals (at most three) and the choice truncated to `k`. Reads the fitness and
     crowding distance `selNSGA2` left on each individual.
     """
-    n, dim = len(population), len(population[0])
+    n = len(population)
     wvalues = np.fromiter(chain.from_iterable([ind.fitness.wvalues for ind in population]), np.float64, 2 * n)
     crowding = np.fromiter([ind.fitness.crowding_dist for ind in population], np.float64, n)
-    genes = np.fromiter(chain.from_iterable(population), np.float64, n * dim).reshape(n, dim)
+    rows = np.fromiter([ind.row for ind in population], np.intp, n)
     pad = (-n) % 4
     if pad:
         candidates = np.concatenate([np.arange(n), np.arange(pad)])
@@ -194,7 +204,7 @@ def _select_parents(population: list, k: int, rng: np.random.Generator) -> np.nd
     else:
         order1, order2 = rng.permutation(n), rng.permutation(n)
     winners = tournament_dcd(wvalues.reshape(n, 2), crowding, order1, order2, rng.random(n + pad))
-    return genes[winners[:k]]
+    return store[rows[winners[:k]]]
 
 
 def sbx_bounded(
@@ -356,14 +366,16 @@ def nsga2_search(
         indpb=1.0 / dim if indpb is None else float(indpb),
     )
     toolbox.register("select", tools.selNSGA2, nd="log")
-    toolbox.register("parents", _select_parents)
+    store = np.empty((pop * (gens + 1), dim))  # genes of every vector scored, by row
+    toolbox.register("parents", _select_parents, store=store)
     archive = _Archive(dim)
     rng = np.random.default_rng(seed)
-    population = _evaluate(_initial_thresholds(table, pop, rng), score, archive)
+    population = _evaluate(_initial_thresholds(table, pop, rng), score, archive, store, 0)
     evaluations = len(population)
     population = toolbox.select(population, pop)  # assigns crowding distances
     for _ in range(gens):
-        offspring = _evaluate(_vary(toolbox, toolbox.parents(population, pop, rng), cxpb, rng), score, archive)
+        children = _vary(toolbox, toolbox.parents(population, pop, rng), cxpb, rng)
+        offspring = _evaluate(children, score, archive, store, evaluations)
         evaluations += len(offspring)
         population = toolbox.select(population + offspring, pop)
     return front_result(
