@@ -7,8 +7,9 @@ On the val split (5,000 samples) of `tradeoff.synthetic.synthetic_cache()` (10,0
     scorer built inside the search (counted); the same search on the reference scorer
     is reported beside it;
 (b) against textbook DEAP with per-individual evaluation (`toolbox.evaluate` called per
-    individual, a 1-row scorer call each; deepcopy clones; per-pair/per-child operators),
-    same operators, selNSGA2, seed and budget;
+    individual, a 1-row scorer call each; deepcopy clones; DEAP's own per-pair/per-child
+    SBX and polynomial mutation and `selTournamentDCD`, the formulas our vectorised
+    operators implement), selNSGA2, initial population, seed and budget;
 (c) against pymoo's NSGA2 (defaults) on a vectorised `Problem` (`elementwise=False`)
     scoring the whole population with the same scorer, same pop, pop * (gens + 1)
     evaluations, seeded: ratio >= 5x and hypervolume at least as high (reference point
@@ -68,8 +69,9 @@ def seeded_global_random(seed: int) -> Iterator[None]:
 def deap_per_individual(table, scorer, *, pop, gens, seed, cx_eta=20.0, mut_eta=20.0, cxpb=0.9):
     """DEAP's textbook NSGA-II loop (examples/ga/nsga2.py) with one scorer call per individual.
 
-    Same operators, parameters, initial population and seeding as `nsga2_search`; the
-    straightforward per-individual structure is the point of comparison.
+    DEAP's own operators (the formulas `nsga2_search` vectorises), same parameters and
+    initial population; the straightforward per-individual structure is the point of
+    comparison.
     """
     from deap import base, tools
 
