@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,18 +74,12 @@ def run_demo(
     from tradeoff import plots, report
     from tradeoff.cache import load_cache
     from tradeoff.cli import build_parser
+    from tradeoff.fileio import sibling_tempdir
     from tradeoff.search.run import run_search
     from tradeoff.train import default_config, train_model
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is an existing file; give a directory for the demo's results")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
-    except OSError as exc:
-        raise PermissionError(f"--out {out}: cannot write in {parent}/ ({exc.strerror or exc}); choose another --out") from None
+    staging = sibling_tempdir(out, "staging")
     seconds: dict = {}
     started = time.perf_counter()
     try:

@@ -111,6 +111,26 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def sibling_tempdir(out: str | os.PathLike, tag: str) -> Path:
+    """A new hidden directory beside `out` (same file system, so it can be renamed onto it).
+
+    Used to build a whole run directory aside and swap it in at once.
+
+    Raises:
+        ValueError: `out` is an existing file.
+        PermissionError: the parent directory cannot be written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a directory path for the results")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.{tag}-", dir=parent))
+    except OSError as exc:
+        raise PermissionError(f"--out {out}: cannot write in {parent}/ ({exc.strerror or exc}); choose another --out") from None
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from tradeoff import __version__
-from tradeoff.fileio import pid_alive, write_json_atomic, write_text_atomic
+from tradeoff.fileio import pid_alive, sibling_tempdir, write_json_atomic, write_text_atomic
 
 THRESHOLDS_FILE = "thresholds.json"
 PARETO_FILE = "pareto.csv"
@@ -396,14 +396,8 @@ def write_run(
         PermissionError / OSError: with the path, if the directory cannot be written.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is an existing file; give a directory path for the results")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
-    except PermissionError as exc:
-        raise PermissionError(f"cannot write to {parent}/: permission denied; choose another --out") from exc
+    tmp = sibling_tempdir(out, f"tmp-{os.getpid()}")
+    parent = tmp.parent
     try:
         write_json_atomic(tmp / THRESHOLDS_FILE, thresholds_document(result))
         write_text_atomic(tmp / PARETO_FILE, pareto_csv(result))
