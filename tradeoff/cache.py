@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tradeoff import __version__
+from tradeoff.errors import first_line
 from tradeoff.fileio import atomic_open
 
 SCHEMA = 1
@@ -263,7 +264,7 @@ def load_cache(path: str | os.PathLike) -> ExitCache:
         raise ValueError(f"{path}: {exc}; rebuild it with `tradeoff cache` or `tradeoff import`") from None
     except Exception as exc:  # zipfile/zlib/numpy raise many types for damaged bytes; all mean "unreadable"
         raise ValueError(
-            f"{path} is not a readable tradeoff cache ({_short(exc)}); "
+            f"{path} is not a readable tradeoff cache ({first_line(exc, 160)}); "
             "it may be truncated or another file - rebuild it with `tradeoff cache` or `tradeoff import`"
         ) from None
     meta_raw = arrays["meta"]
@@ -348,7 +349,4 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: 
     return flat.reshape(shape)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
 

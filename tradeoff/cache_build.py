@@ -20,6 +20,7 @@ from tqdm import tqdm
 from tradeoff import shard
 from tradeoff.cache import ExitCache, load_cache, make_meta, validate_cache, write_cache
 from tradeoff.cache_import import exit_summary_table
+from tradeoff.errors import first_line
 
 LOGITS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 DEFAULT_CACHE_DIR = Path("results") / "cache"
@@ -157,7 +158,7 @@ def _forward(model, batch, dataset, *, first: bool):
     try:
         outputs = model(batch)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ValueError(
             f"the model does not accept data {dataset.name!r} of input shape {tuple(dataset.input_shape)} "
             f"({reason[:200]}); check --arch/--num-classes and --data"

@@ -13,3 +13,12 @@ class TargetUnreachable(ValueError):
 
 class UnsafeCheckpointError(ValueError):
     """Loading would unpickle arbitrary objects and the user did not opt in."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), cut to `limit` characters.
+
+    Torch and NumPy errors run to many lines; a user-facing message quotes only this.
+    """
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tradeoff.errors import first_line
+
 with warnings.catch_warnings():
     # fvcore.nn's package import scripts a loss function with the deprecated torch.jit.script.
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -201,10 +203,9 @@ def exit_costs(model: nn.Module, input_shape: tuple[int, ...], *, device: str | 
                     x = section(x)
                     head_flops.append(_count(head, x, unsupported))
                 except RuntimeError as exc:
-                    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise ValueError(
+                                        raise ValueError(
                         f"cannot count exit {k} of {type(model).__name__} on input_shape {shape} "
-                        f"(device {device}): {first_line}; give one sample's shape as the model expects it"
+                        f"(device {device}): {first_line(exc)}; give one sample's shape as the model expects it"
                     ) from None
                 for module in (section, head):
                     for p in module.parameters():

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tradeoff.errors import first_line
 from tradeoff.policy import CONFIDENCE_MEASURES, exit_outputs
 
 
@@ -307,7 +308,7 @@ def compile_stages(stages: list, example: torch.Tensor) -> list:
                 except Exception as exc:  # TorchScript raises many kinds; report which part failed
                     raise ValueError(
                         f"cannot compile {name} {k + 1} ({type(part).__name__}) with TorchScript: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; run without compiled=True"
+                        f"{first_line(exc)}; run without compiled=True"
                     ) from None
                 pair.append(graph)
                 if name == "section":

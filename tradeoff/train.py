@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tradeoff.errors import first_line
+
 # Feature-hint weight. DESIGN.md: squared distance of each shallow feature to the detached
 # deepest one. We take the per-sample squared L2 distance, averaged over the batch and summed
 # over the shallow exits. SCAN's code weights an (unsquared) batch-level distance by 0.03;
@@ -338,7 +340,7 @@ def check_model_fits(model: nn.Module, arch: str, dataset) -> int:
             hint = f"its first convolution takes {first_conv.in_channels} input channels"
         else:
             hint = "its input layer does not accept them"
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(
             f"model {arch!r} does not fit --data {dataset.spec}: the data's inputs have shape {shape} and {hint} "
             f"({first}); pick a model made for this data"
