@@ -16,12 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tradeoff.cache import load_cache
-from tradeoff.checkpoint import save_checkpoint
 from tradeoff.fileio import atomic_open, remove_stale_temporaries
-from tradeoff.models import create_model
 from tradeoff.search.run import newest_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,18 +51,10 @@ def _assert_absent_or_whole(out: Path, reference) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, create_model("scan_small", num_classes=10), arch="scan_small", arch_kwargs={},
-                    num_classes=10, data="digits")
-    return path
-
-
-def test_sigkilled_cache_command_leaves_nothing_or_a_whole_cache(checkpoint, tmp_path):
+def test_sigkilled_cache_command_leaves_nothing_or_a_whole_cache(scan_small_ckpt, tmp_path):
     def cache(out):
-        return _spawn(["-m", "tradeoff", "cache", "--ckpt", str(checkpoint), "--batch-size", "4", "--out", str(out)],
+        return _spawn(["-m", "tradeoff", "cache", "--ckpt", str(scan_small_ckpt), "--batch-size", "4",
+                       "--out", str(out)],
                       tmp_path)
 
     reference_out = tmp_path / "ref" / "model-digits.npz"

@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from tradeoff.cache_build import INFORMATIONAL_META
-from tradeoff.checkpoint import save_checkpoint
 from tradeoff.cli import main
-from tradeoff.models import create_model
 from tradeoff.shard import detect_torchrun, rank_rows, shard_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,21 +77,13 @@ def _finish(proc: subprocess.Popen, timeout=120):
     return proc.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_checkpoint(path, create_model("scan_small"), arch="scan_small", arch_kwargs={}, num_classes=10, data="digits")
-    return path
-
-
 def _read(path):
     with np.load(path, allow_pickle=False) as raw:
         return {k: raw[k] for k in raw.files}
 
 
-def test_two_process_cache_is_the_single_process_cache(small_ckpt, tmp_path, monkeypatch):
-    args = ["cache", "--ckpt", str(small_ckpt), "--batch-size", "64"]
+def test_two_process_cache_is_the_single_process_cache(scan_small_ckpt, tmp_path, monkeypatch):
+    args = ["cache", "--ckpt", str(scan_small_ckpt), "--batch-size", "64"]
     proc = _torchrun([*args, "--out", "merged.npz"], tmp_path)
     # Meanwhile the single-process reference, in this process, with the workers' one thread.
     monkeypatch.chdir(tmp_path)
@@ -120,7 +110,7 @@ def test_two_process_cache_is_the_single_process_cache(small_ckpt, tmp_path, mon
     assert meta_a == meta_b
 
 
-def test_failures_reach_every_rank_and_leave_no_file(small_ckpt, tmp_path):
+def test_failures_reach_every_rank_and_leave_no_file(scan_small_ckpt, tmp_path):
     """A world larger than the data fails on every rank; a NaN in rank 1's rows only fails
     rank 1 with the exit named and rank 0 with rank 1's reason; nothing is left behind."""
     (tmp_path / "one").mkdir()
@@ -129,7 +119,7 @@ def test_failures_reach_every_rank_and_leave_no_file(small_ckpt, tmp_path):
     x = np.random.default_rng(0).random((128, 1, 8, 8)).astype(np.float32)
     x[64:] = 3e38  # finite input, overflowing activations: rank 1's block (rows 64..127) only
     np.savez(tmp_path / "nan" / "nan.npz", x=x, y=np.arange(128) % 10)
-    base = ["cache", "--ckpt", str(small_ckpt), "--out", "c.npz"]
+    base = ["cache", "--ckpt", str(scan_small_ckpt), "--out", "c.npz"]
     runs = [_torchrun([*base, "--data", "npz:one.npz"], tmp_path / "one"),
             _torchrun([*base, "--data", "npz:nan.npz", "--batch-size", "32"], tmp_path / "nan")]
     (code_one, _, err_one), (code_nan, _, err_nan) = [_finish(run) for run in runs]

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from tradeoff.cache import write_cache
-from tradeoff.checkpoint import save_checkpoint
 from tradeoff.cli import main
 from tradeoff.models import create_model
 from tradeoff.synthetic import synthetic_cache
@@ -57,15 +56,6 @@ def evil_ckpt(tmp_path, marker):
            "data": "digits", "state_dict": model.state_dict(), "note": _Payload(marker)}
     path = tmp_path / "evil.pt"
     torch.save(doc, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def good_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("good") / "model.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, create_model("scan_small", num_classes=10), arch="scan_small", arch_kwargs={},
-                    num_classes=10, data="digits")
     return path
 
 
@@ -159,28 +149,28 @@ def test_import_refuses_npy_object_arrays(marker, tmp_path, capsys):
                       "--out", str(tmp_path / "c.npz")], marker, mention="Python objects")
 
 
-def test_run_refuses_a_pickle_posing_as_thresholds(good_ckpt, marker, tmp_path, capsys):
+def test_run_refuses_a_pickle_posing_as_thresholds(scan_small_ckpt, marker, tmp_path, capsys):
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_bytes(pickle.dumps(_Payload(marker)))
-    _refused(capsys, ["run", "--ckpt", str(good_ckpt), "--thresholds", str(thresholds),
+    _refused(capsys, ["run", "--ckpt", str(scan_small_ckpt), "--thresholds", str(thresholds),
                       "--out", str(tmp_path / "run.json"), "--repeats", "1"], marker, mention="thresholds")
     assert not (tmp_path / "run.json").exists()
 
 
-def test_cache_refuses_npz_data_with_pickled_objects(good_ckpt, marker, tmp_path, capsys):
+def test_cache_refuses_npz_data_with_pickled_objects(scan_small_ckpt, marker, tmp_path, capsys):
     data = tmp_path / "data.npz"
     np.savez(data, x=_object_array(marker), y=np.zeros(2, np.int64))
-    _refused(capsys, ["cache", "--ckpt", str(good_ckpt), "--data", f"npz:{data}",
+    _refused(capsys, ["cache", "--ckpt", str(scan_small_ckpt), "--data", f"npz:{data}",
                       "--out", str(tmp_path / "c.npz")], marker, mention="objects")
     assert not (tmp_path / "c.npz").exists()
 
 
-def test_cache_refuses_a_poisoned_cifar_batch(good_ckpt, marker, tmp_path, capsys):
+def test_cache_refuses_a_poisoned_cifar_batch(scan_small_ckpt, marker, tmp_path, capsys):
     root = tmp_path / "cifar" / "cifar-10-batches-py"
     root.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (root / name).write_bytes(pickle.dumps({b"data": _Payload(marker), b"labels": [0]}, protocol=2))
-    _refused(capsys, ["cache", "--ckpt", str(good_ckpt), "--data", f"cifar10:{tmp_path / 'cifar'}",
+    _refused(capsys, ["cache", "--ckpt", str(scan_small_ckpt), "--data", f"cifar10:{tmp_path / 'cifar'}",
                       "--out", str(tmp_path / "c.npz")], marker, mention="not allowed")
 
 
