@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks import interleaved_medians, make_row, median
-from tradeoff.cache_build import build_cache
+from tradeoff.cache.build import build_cache
 from tradeoff.data import Dataset
 from tradeoff.flops import exit_costs
 from tradeoff.models import create_model

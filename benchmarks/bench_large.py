@@ -1,7 +1,7 @@
 """Large caches: peak memory and time of `tradeoff search` as the cache grows to 10^6 samples.
 
 Caches of N = 10^4, 10^5, 10^6 samples (8 exits, 10 classes, float32 logits: 320 MB at
-10^6; `tradeoff.synthetic.synthetic_cache`) are written to a temporary directory and
+10^6; `tradeoff.cache.synthetic.synthetic_cache`) are written to a temporary directory and
 searched with the default settings (`tradeoff search --cache FILE --no-plots`: NSGA-II
 pop 100 x gens 100 plus every baseline, bootstrap on test) in a fresh process each. The
 child's peak resident memory is its VmHWM, polled from /proc every 10 ms (ru_maxrss from
@@ -87,7 +87,7 @@ def _poll_peak_kb(pid: int, interval: float = 0.01) -> int:
 def write_synthetic(path: Path, num_samples: int) -> Path:
     """Generate and write the cache in a child process, so this one stays small (see above)."""
     code = (
-        "import sys; from tradeoff.cache import write_cache; from tradeoff.synthetic import synthetic_cache; "
+        "import sys; from tradeoff.cache.format import write_cache; from tradeoff.cache.synthetic import synthetic_cache; "
         f"write_cache(sys.argv[1], synthetic_cache({num_samples}, {NUM_CLASSES}, {EXIT_ACCURACIES!r}, seed=0))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(path)], env=_ENV, capture_output=True, text=True)

@@ -36,8 +36,8 @@ from benchmarks import interleaved_medians, make_row, median
 from tradeoff.data import load_data
 from tradeoff.flops import exit_costs
 from tradeoff.models import create_model
-from tradeoff.policy import exit_table
-from tradeoff.runtime import (EarlyExitModel, cache_agreement, evaluate_runtime, measure_latency, mkldnn_enabled,
+from tradeoff.policy.scoring import exit_table
+from tradeoff.runtime.early_exit import (EarlyExitModel, cache_agreement, evaluate_runtime, measure_latency, mkldnn_enabled,
                               model_stages)
 
 NAME = "runtime"
@@ -96,7 +96,7 @@ def _setup(quick: bool, workdir: Path | None):
         table = exit_table(logits, val.y, np.ones(logits.shape[0]))
         return model, np.median(table.confidence[:-1], axis=1), {}, "random scan_small (quick)", None
     from tradeoff.checkpoint import load_checkpoint
-    from tradeoff.thresholds_file import load_thresholds
+    from tradeoff.policy.rule import load_thresholds
 
     if (DEMO_DIR / "model.pt").is_file() and (DEMO_DIR / "thresholds.json").is_file():
         loaded = load_checkpoint(DEMO_DIR / "model.pt")
@@ -112,14 +112,14 @@ def _setup(quick: bool, workdir: Path | None):
 
 def _train_and_search(workdir: Path):
     """No demo on disk: train scan_small on digits, cache it, search it (the demo's steps)."""
-    from tradeoff.cache import write_cache
-    from tradeoff.cache_build import build_cache
+    from tradeoff.cache.format import write_cache
+    from tradeoff.cache.build import build_cache
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.fileio import sha256_file, write_json_atomic
-    from tradeoff.report import thresholds_document
+    from tradeoff.report.documents import thresholds_document
     from tradeoff.search.run import run_search
-    from tradeoff.thresholds_file import load_thresholds
-    from tradeoff.train import train_model
+    from tradeoff.policy.rule import load_thresholds
+    from tradeoff.training.loop import train_model
 
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = workdir / "model.pt"

@@ -1,6 +1,6 @@
 """Scorer benchmarks: the bitset scorer against the straightforward vectorised one.
 
-(a) On the val split (5,000 samples) of `tradeoff.synthetic.synthetic_cache()` (10,000
+(a) On the val split (5,000 samples) of `tradeoff.cache.synthetic.synthetic_cache()` (10,000
     samples, 4 exits, 100 classes, shaped like SCAN-ResNet18 on CIFAR-100), P = 100
     threshold vectors (the search's population): median time of one call of a prebuilt
     `make_scorer(table)` against `score_thresholds_reference`, interleaved and repeated.
@@ -23,8 +23,8 @@ import tracemalloc
 import numpy as np
 
 from benchmarks import interleaved_medians, make_row, median
-from tradeoff.policy import exit_table, make_scorer, score_thresholds, score_thresholds_reference
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.policy.scoring import exit_table, make_scorer, score_thresholds, score_thresholds_reference
+from tradeoff.cache.synthetic import synthetic_cache
 
 NAME = "scorer"
 

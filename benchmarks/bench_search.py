@@ -1,6 +1,6 @@
 """Threshold-search benchmarks: speed of the DEAP NSGA-II search and the quality of its front.
 
-On the val split (5,000 samples) of `tradeoff.synthetic.synthetic_cache()` (10,000 samples,
+On the val split (5,000 samples) of `tradeoff.cache.synthetic.synthetic_cache()` (10,000 samples,
 4 exits, 100 classes, shaped like SCAN-ResNet18 on CIFAR-100):
 
 (a) the default search (pop 100 x gens 100) in wall seconds, goal <= 0.5 s, with the
@@ -34,12 +34,12 @@ from typing import Iterator
 
 import numpy as np
 
-from tradeoff.policy import exit_table, score_thresholds_reference
+from tradeoff.policy.scoring import exit_table, score_thresholds_reference
 from tradeoff.search.baselines import grid_search
 from tradeoff.search.nsga import _initial_thresholds, nsga2_search
 from tradeoff.search.pareto import front_result, hypervolume_2d, pick_target_accuracy, reference_point
 from tradeoff.search.scoring import scorer_for
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 
 def _row(benchmark, metric, value, *, baseline=None, ratio=None, goal="", passed=None, notes=""):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tradeoff.policy import ExitTable, exit_indices, exit_table, score_thresholds
+from tradeoff.policy.scoring import ExitTable, exit_indices, exit_table, score_thresholds
 from tradeoff.search.baselines import (
     global_threshold_search,
     grid_levels,
@@ -11,7 +11,7 @@ from tradeoff.search.baselines import (
     random_search,
 )
 from tradeoff.search.pareto import pareto_mask
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 
 @pytest.fixture(scope="module")

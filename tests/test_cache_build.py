@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tradeoff.cache_build import INFORMATIONAL_META, build_cache
+from tradeoff.cache.build import INFORMATIONAL_META, build_cache
 from tradeoff.checkpoint import load_checkpoint, save_checkpoint
-from tradeoff.cli import main
+from tradeoff.commands import main
 from tradeoff.data import load_data
 from tradeoff.fileio import sha256_file
 from tradeoff.flops import exit_costs

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from tradeoff.cache import ExitCache, load_cache, validate_cache, write_cache
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.format import ExitCache, load_cache, validate_cache, write_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 
 def test_round_trip_is_plain_numpy(tmp_path):

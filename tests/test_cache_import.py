@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tradeoff.cache import load_cache
-from tradeoff.cache_import import default_split, import_cache, parse_flops
-from tradeoff.cli import main
+from tradeoff.cache.format import load_cache
+from tradeoff.cache.importer import default_split, import_cache, parse_flops
+from tradeoff.commands import main
 from tradeoff.data import load_data
 from tradeoff.errors import UnsafeCheckpointError
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tradeoff.calibration import T_BOUNDS, Calibration, calibrate, fit_temperatures, nll
-from tradeoff.policy import exit_table
+from tradeoff.policy.calibration import T_BOUNDS, Calibration, calibrate, fit_temperatures, nll
+from tradeoff.policy.scoring import exit_table
 
 
 def calibrated_logits(n=20_000, c=10, seed=0):

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tradeoff.cache import load_cache, write_cache
+from tradeoff.cache.format import load_cache, write_cache
 from tradeoff.checkpoint import save_checkpoint
-from tradeoff.cli import main
+from tradeoff.commands import main
 from tradeoff.models import create_model
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TQDM_DISABLE="1", MPLBACKEND="Agg")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tradeoff.cache import load_cache
+from tradeoff.cache.format import load_cache
 from tradeoff.fileio import atomic_open, remove_stale_temporaries
 from tradeoff.search.run import newest_cache
 
@@ -85,8 +85,8 @@ def test_sigkilled_cache_command_leaves_nothing_or_a_whole_cache(scan_small_ckpt
 _WRITER = """
 import sys
 import numpy as np
-from tradeoff.cache import write_cache
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.format import write_cache
+from tradeoff.cache.synthetic import synthetic_cache
 caches = [synthetic_cache(40_000, 40, (0.5, 0.7, 0.9), seed=s) for s in (1, 2)]
 print("ready", flush=True)
 i = 0
@@ -98,7 +98,7 @@ while True:
 
 def test_sigkill_during_cache_writes_leaves_the_old_or_the_new_file(tmp_path):
     """Kill a process that rewrites a ~20 MB cache in a loop: it dies mid-write nearly every time."""
-    from tradeoff.synthetic import synthetic_cache
+    from tradeoff.cache.synthetic import synthetic_cache
 
     expected = [synthetic_cache(40_000, 40, (0.5, 0.7, 0.9), seed=s).logits for s in (1, 2)]
     out = tmp_path / "c.npz"
@@ -148,8 +148,8 @@ def test_a_live_writers_temporary_is_never_removed(tmp_path):
 
 
 def test_shards_and_temporaries_are_not_taken_for_the_newest_cache(tmp_path):
-    from tradeoff.cache import write_cache
-    from tradeoff.synthetic import synthetic_cache
+    from tradeoff.cache.format import write_cache
+    from tradeoff.cache.synthetic import synthetic_cache
 
     cache = tmp_path / "model-digits.npz"
     write_cache(cache, synthetic_cache(50, 3, (0.5, 0.8), seed=0))

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tradeoff.cache import load_cache
+from tradeoff.cache.format import load_cache
 from tradeoff.checkpoint import load_checkpoint
-from tradeoff.cli import main
-from tradeoff.demo import demo_summary, run_demo
+from tradeoff.commands import main
+from tradeoff.commands.demo import demo_summary, run_demo
 from tradeoff.fileio import sha256_file
 
 FILES = ("model.pt", "cache.npz", "thresholds.json", "pareto.csv", "summary.json", "pareto.png", "exits.png")

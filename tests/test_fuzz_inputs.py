@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradeoff.cache import REQUIRED_KEYS, load_cache, write_cache
-from tradeoff.cli import main
-from tradeoff.policy import CONFIDENCE_MEASURES
-from tradeoff.synthetic import synthetic_cache
-from tradeoff.thresholds_file import load_thresholds
+from tradeoff.cache.format import REQUIRED_KEYS, load_cache, write_cache
+from tradeoff.commands import main
+from tradeoff.policy.scoring import CONFIDENCE_MEASURES
+from tradeoff.cache.synthetic import synthetic_cache
+from tradeoff.policy.rule import load_thresholds
 
 FUZZ = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -43,12 +43,9 @@ def test_golden_cache_is_still_what_the_synthetic_generator_makes():
     """The committed input is the generator's output (apart from its creation time)."""
     import numpy as np
 
-    from tradeoff.synthetic import synthetic_cache
+    from tradeoff.cache.format import load_cache
+    from tradeoff.cache.synthetic import synthetic_cache
 
-    try:
-        from tradeoff.cache.format import load_cache
-    except ImportError:
-        from tradeoff.cache import load_cache
     stored = load_cache(GOLDEN / "cache.npz")
     fresh = synthetic_cache(num_samples=1200, num_classes=10, seed=3)
     assert np.array_equal(stored.logits, fresh.logits) and np.array_equal(stored.labels, fresh.labels)

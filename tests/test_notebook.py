@@ -9,10 +9,12 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tradeoff import plots, report
-from tradeoff.cache import write_cache
+from tradeoff.report import pareto_plot as plots
+
+from tradeoff.report import documents as report
+from tradeoff.cache.format import write_cache
 from tradeoff.search.run import Pick, run_search
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "explore_pareto.ipynb"
@@ -23,7 +25,7 @@ def small_run(tmp_path):
     """A real run directory (search + report + plots) over a small synthetic 3-exit cache."""
     cache_path = tmp_path / "cache.npz"
     write_cache(cache_path, synthetic_cache(num_samples=600, num_classes=10, exit_accuracies=(0.7, 0.85, 0.9), seed=3))
-    from tradeoff.cache import load_cache
+    from tradeoff.cache.format import load_cache
 
     result = run_search(load_cache(cache_path), pick=Pick("target_acc", 0.85), pop=12, gens=5, seed=0,
                         cache_path=cache_path)

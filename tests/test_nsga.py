@@ -3,11 +3,11 @@ import random
 import numpy as np
 import pytest
 
-from tradeoff.policy import ExitTable, exit_table, score_thresholds
+from tradeoff.policy.scoring import ExitTable, exit_table, score_thresholds
 from tradeoff.search.baselines import grid_search, random_search
 from tradeoff.search.nsga import nsga2_search, polynomial_mutation_bounded, restart_search, sbx_bounded
 from tradeoff.search.pareto import front_result, hypervolume_2d, pareto_mask, reference_point
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_bad_tables_and_restart_options(table):
     one_exit = ExitTable(np.ones((1, 4)), np.ones((1, 4), bool), np.array([1.0]))
     with pytest.raises(ValueError, match="K = 1 exit; thresholds need at least 2 exits"):
         nsga2_search(one_exit)
-    with pytest.raises(TypeError, match="table must be a tradeoff.policy.ExitTable"):
+    with pytest.raises(TypeError, match="table must be a tradeoff.policy.scoring.ExitTable"):
         nsga2_search(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="restarts must be an integer >= 1; got 0"):
         restart_search(table, restarts=0)

@@ -7,11 +7,13 @@ import re
 import matplotlib
 import pytest
 
-from tradeoff import plots, report
-from tradeoff.cache import write_cache
-from tradeoff.cli import main
+from tradeoff.report import pareto_plot as plots
+
+from tradeoff.report import documents as report
+from tradeoff.cache.format import write_cache
+from tradeoff.commands import main
 from tradeoff.search.run import Pick, run_search
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,7 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def result(tmp_path_factory):
     path = tmp_path_factory.mktemp("c") / "four.npz"
     write_cache(path, synthetic_cache(1600, 10, (0.55, 0.65, 0.75, 0.8), seed=4))
-    from tradeoff.cache import load_cache
+    from tradeoff.cache.format import load_cache
 
     return run_search(load_cache(path), pick=Pick.from_options(max_drop=1.0), pop=16, gens=6, seed=2, cache_path=path)
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradeoff.policy import (
+from tradeoff.policy.scoring import (
     ExitTable,
     check_thresholds,
     confidence_of,
@@ -114,7 +114,7 @@ def test_memory_budget_thins_the_levels_and_stays_exact():
 
 
 def test_many_rows_are_scored_in_chunks(monkeypatch):
-    import tradeoff.policy as policy
+    import tradeoff.policy.scoring as policy
 
     monkeypatch.setattr(policy, "_CALL_BYTES", 1)  # one row per chunk
     rng = np.random.default_rng(5)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from tradeoff.policy import exit_indices, exit_table, score_thresholds_reference
+from tradeoff.policy.scoring import exit_indices, exit_table, score_thresholds_reference
 
 
 def test_four_sample_cache_by_hand():

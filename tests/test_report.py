@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tradeoff import report
+from tradeoff.report import documents as report
 from tradeoff.search.run import Pick, run_search
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from tradeoff.cache import ExitCache, make_meta, write_cache
+from tradeoff.cache.format import ExitCache, make_meta, write_cache
 from tradeoff.checkpoint import save_checkpoint
-from tradeoff.cli import main
+from tradeoff.commands import main
 from tradeoff.data import load_data
 from tradeoff.fileio import sha256_file
 from tradeoff.models import create_model
 from tradeoff.models.base import MultiExitNet, Stage
-from tradeoff.policy import exit_indices, exit_table
-from tradeoff.runtime import (
+from tradeoff.policy.scoring import exit_indices, exit_table
+from tradeoff.runtime.early_exit import (
     EarlyExitModel,
     Latency,
     evaluate_runtime,
@@ -74,7 +74,7 @@ def _reference(logits, labels, thresholds, **policy):
     """Exits and answers by the exit rule on cached logits (the search's view)."""
     table = exit_table(logits, labels, np.arange(1.0, logits.shape[0] + 1), **policy)
     exits = exit_indices(table, np.asarray(thresholds, dtype=np.float64))
-    from tradeoff.policy import exit_outputs
+    from tradeoff.policy.scoring import exit_outputs
 
     _, pred = exit_outputs(logits, **policy)
     return exits, pred[exits, np.arange(exits.size)], table.confidence
@@ -386,8 +386,8 @@ def test_tradeoff_run_bad_input_is_one_line(run_files, tmp_path, capsys, change,
 def test_quick_decision_always_agrees_with_the_exact_rule(measure, ensemble):
     """Python-float decisions on 6,000 random rows (near-ties and thresholds on the exact
     confidences included) equal `exit_outputs`, or defer to it."""
-    from tradeoff.policy import exit_outputs
-    from tradeoff.runtime import QUICK_MARGIN, _quick_decision
+    from tradeoff.policy.scoring import exit_outputs
+    from tradeoff.runtime.early_exit import QUICK_MARGIN, _quick_decision
 
     rng = np.random.default_rng(7)
     K, N, C = 3, 2000, 10
@@ -418,7 +418,7 @@ def test_quick_decision_always_agrees_with_the_exact_rule(measure, ensemble):
 
 
 def test_quick_decision_defers_on_nan_and_inf():
-    from tradeoff.runtime import _quick_decision
+    from tradeoff.runtime.early_exit import _quick_decision
 
     assert _quick_decision([float("nan"), 1.0], 1.0, "maxprob", 0.5, None, 0) == (None, None)
     assert _quick_decision([float("inf"), 1.0], 1.0, "maxprob", 0.5, [], 0) == (None, None)

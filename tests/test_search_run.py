@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tradeoff.cache import ExitCache, load_cache, write_cache
-from tradeoff.cli import main
-from tradeoff.policy import exit_indices, exit_table
+from tradeoff.cache.format import ExitCache, load_cache, write_cache
+from tradeoff.commands import main
+from tradeoff.policy.scoring import exit_indices, exit_table
 from tradeoff.search.run import Pick, bootstrap_accuracy_ci, default_run_dir, newest_cache, run_search
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--pop", "20", "--gens", "10"]
@@ -213,7 +213,7 @@ def test_library_api_result_is_complete(cache_file):
 
 
 def test_calibrate_and_ensemble_are_recorded(cache_file, tmp_path):
-    from tradeoff.calibration import fit_temperatures
+    from tradeoff.policy.calibration import fit_temperatures
 
     out = tmp_path / "cal"
     assert _search(cache_file, out, "--calibrate", "--ensemble", "--confidence", "margin", "--no-plots", target="0.7") == 0
@@ -353,7 +353,7 @@ def test_no_test_split_is_refused(tmp_path):
 def test_search_does_not_import_torch(cache_file, tmp_path):
     code = (
         "import sys\n"
-        "from tradeoff.cli import main\n"
+        "from tradeoff.commands import main\n"
         f"rc = main(['search', '--cache', {str(cache_file)!r}, '--out', {str(tmp_path / 'o')!r}, '--pop', '8', '--gens', '2'])\n"
         "assert rc == 0, rc\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -377,7 +377,7 @@ def _spawn(cache_file, out, *extra, threads=1):
 
 def _check_complete(run):
     """A run directory is complete and self-consistent: the chosen point is a row of pareto.csv."""
-    from tradeoff import report
+    from tradeoff.report import documents as report
 
     thresholds, summary, csv_text = report.read_run(run)
     columns = report.parse_pareto_csv(csv_text)
@@ -454,7 +454,7 @@ def test_train_rows_are_ignored(cache_file):
 
 def test_the_runtime_reader_accepts_the_file(run_dir, cache_file):
     from tradeoff.fileio import sha256_file
-    from tradeoff.thresholds_file import load_thresholds
+    from tradeoff.policy.rule import load_thresholds
 
     loaded = load_thresholds(run_dir / "thresholds.json", num_exits=3, cache_sha256=sha256_file(cache_file), confidence="maxprob")
     doc = json.loads((run_dir / "thresholds.json").read_text())

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tradeoff.cache_build import INFORMATIONAL_META
-from tradeoff.cli import main
-from tradeoff.shard import detect_torchrun, rank_rows, shard_path
+from tradeoff.cache.build import INFORMATIONAL_META
+from tradeoff.commands import main
+from tradeoff.cache.shard import detect_torchrun, rank_rows, shard_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from tradeoff.flops import exit_costs
 from tradeoff.models import create_model
 from tradeoff.models.adjoined import small_width
 from tradeoff.models.sidenet import SideNet
-from tradeoff.train import TrainConfig, build_model, train_model
+from tradeoff.training.loop import TrainConfig, build_model, train_model
 
 QUIET = dict(progress=False, log=lambda line: None)
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tradeoff.thresholds_file import ThresholdsFile, load_thresholds
+from tradeoff.policy.rule import ThresholdsFile, load_thresholds
 
 GOOD = {
     "thresholds": [0.9, 0.75],
@@ -52,10 +52,10 @@ def test_minimal_file_and_calibration(tmp_path):
 
 
 def test_search_writer_output_is_readable(tmp_path):
-    """The file `tradeoff.report` writes is what this module reads."""
+    """The file `tradeoff.report.documents` writes is what this module reads."""
     from tradeoff.search.run import run_search
-    from tradeoff.report import thresholds_document
-    from tradeoff.synthetic import synthetic_cache
+    from tradeoff.report.documents import thresholds_document
+    from tradeoff.cache.synthetic import synthetic_cache
 
     cache = synthetic_cache(num_samples=400, num_classes=10, exit_accuracies=(0.6, 0.8, 0.9), seed=1)
     result = run_search(cache, pop=8, gens=2, seed=0, bootstrap=100)

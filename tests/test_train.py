@@ -1,4 +1,4 @@
-"""tradeoff.train: the SCAN loss by hand, short real trainings, checkpoint choice, bad input."""
+"""tradeoff.training.loop: the SCAN loss by hand, short real trainings, checkpoint choice, bad input."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tradeoff.checkpoint import load_checkpoint
-from tradeoff.cli import main
+from tradeoff.commands import main
 from tradeoff.data import load_data
-from tradeoff.train import (
+from tradeoff.training.loop import (
     TrainConfig,
     adjoined_loss,
     default_config,

@@ -3,7 +3,7 @@
 The payload is a pickle whose loading touches a marker file (`__reduce__` ->
 `pathlib.Path.touch`). A control test proves the payload is live (plain
 `torch.load(weights_only=False)` and `--trust-checkpoint` do run it); every other test
-feeds it, through `tradeoff.cli.main`, to a command that must refuse it in one stderr
+feeds it, through `tradeoff.commands.main`, to a command that must refuse it in one stderr
 line, exit non-zero, write nothing, and leave the marker absent.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from tradeoff.cache import write_cache
-from tradeoff.cli import main
+from tradeoff.cache.format import write_cache
+from tradeoff.commands import main
 from tradeoff.models import create_model
-from tradeoff.synthetic import synthetic_cache
+from tradeoff.cache.synthetic import synthetic_cache
 
 
 class _Payload:

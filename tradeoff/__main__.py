@@ -1,5 +1,5 @@
 import sys
 
-from tradeoff.cli import main
+from tradeoff.commands import main
 
 sys.exit(main())

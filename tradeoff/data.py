@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tradeoff.cache import SPLIT_NAMES
+from tradeoff.cache.format import SPLIT_NAMES
 
 SPECS_HELP = "digits, cifar100:DIR, cifar10:DIR or npz:PATH"
 # SCAN's CIFAR normalisation (per RGB channel).

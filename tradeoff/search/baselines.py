@@ -18,7 +18,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from tradeoff.policy import ExitTable
+from tradeoff.policy.scoring import ExitTable
 from tradeoff.search.pareto import FrontResult, front_result, pareto_mask
 from tradeoff.search.scoring import Scorer, check_table, rows_per_call, score_in_chunks, scorer_for
 

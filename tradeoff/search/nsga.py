@@ -44,7 +44,7 @@ from itertools import chain
 import numpy as np
 from deap import base, tools
 
-from tradeoff.policy import ExitTable
+from tradeoff.policy.scoring import ExitTable
 from tradeoff.search.pareto import FrontResult, front_result
 from tradeoff.search.scoring import Scorer, check_table, scorer_for
 

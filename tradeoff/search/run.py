@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tradeoff.cache import ExitCache, load_cache
+from tradeoff.cache.format import ExitCache, load_cache
 from tradeoff.fileio import sha256_file
-from tradeoff.policy import CONFIDENCE_MEASURES, ExitTable, Scores, exit_indices, exit_table
+from tradeoff.policy.scoring import CONFIDENCE_MEASURES, ExitTable, Scores, exit_indices, exit_table
 
 METHODS = ("nsga", "global", "msdnet", "random", "grid")
 GRID_MAX_SEARCHED = 3  # the grid baseline runs when K-1 <= this (at its default resolution)
@@ -275,7 +275,7 @@ def validate_settings(cache: ExitCache, settings: SearchSettings) -> None:
         TypeError / ValueError: one line naming the option, what was expected and what arrived.
     """
     if not isinstance(cache, ExitCache):
-        raise TypeError(f"cache must be an ExitCache (see tradeoff.cache.load_cache); got {type(cache).__name__}")
+        raise TypeError(f"cache must be an ExitCache (see tradeoff.cache.format.load_cache); got {type(cache).__name__}")
     if not isinstance(settings.pick, Pick):
         raise TypeError(f"pick must be a tradeoff.search.run.Pick; got {type(settings.pick).__name__}")
     K = cache.num_exits
@@ -372,7 +372,7 @@ def run_search(
 
     temperatures = None
     if calibrate:
-        from tradeoff.calibration import fit_temperatures
+        from tradeoff.policy.calibration import fit_temperatures
 
         t0 = time.perf_counter()
         temperatures = np.asarray(fit_temperatures(cache.logits[:, is_val], cache.labels[is_val]), dtype=np.float64)
@@ -581,7 +581,7 @@ def newest_cache(directory: str | os.PathLike = DEFAULT_CACHE_DIR) -> tuple[Path
     """
     directory = Path(directory)
     # Hidden names are temporaries; `.shard-R-of-W.npz` are the blocks of a torchrun run that was
-    # killed before its merge (tradeoff.shard): neither is a cache.
+    # killed before its merge (tradeoff.cache.shard): neither is a cache.
     files = sorted(
         p for p in directory.glob("*.npz")
         if p.is_file() and not p.name.startswith(".") and not re.search(r"\.shard-\d+-of-\d+\.npz$", p.name)
@@ -602,7 +602,7 @@ def default_run_dir(cache_path: str | os.PathLike, pick: Pick) -> Path:
 
 def search_command(args) -> int:
     """`tradeoff search`: pick the cache, search, write the run directory, print a summary."""
-    from tradeoff import report
+    from tradeoff.report import documents as report
 
     pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops)
     if args.cache:
@@ -631,7 +631,7 @@ def search_command(args) -> int:
     out = Path(args.out) if args.out else default_run_dir(cache_path, pick)
     extra = []
     if not getattr(args, "no_plots", False):
-        from tradeoff import plots
+        from tradeoff.report import pareto_plot as plots
 
         extra.append(lambda run_dir: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir))
     report.write_run(out, result, extra=extra)

@@ -1,7 +1,7 @@
 """The one adapter every search method scores through.
 
 A scorer is any callable taking a (P, K-1) threshold matrix and returning
-`tradeoff.policy.Scores` for all P rows at once, like a vectorised pymoo problem. The
+`tradeoff.policy.scoring.Scores` for all P rows at once, like a vectorised pymoo problem. The
 fastest available one is used: `policy.make_scorer(table)` when the policy module offers
 it (precomputes once per table), else `policy.score_thresholds` bound to the table.
 """
@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from tradeoff import policy
-from tradeoff.policy import ExitTable, Scores
+from tradeoff.policy import scoring as policy
+from tradeoff.policy.scoring import ExitTable, Scores
 
 Scorer = Callable[[np.ndarray], Scores]
 
@@ -35,7 +35,7 @@ def check_table(table: ExitTable) -> ExitTable:
     """Entry-point check shared by the search methods: an ExitTable with something to search."""
     if not isinstance(table, ExitTable):
         raise TypeError(
-            f"table must be a tradeoff.policy.ExitTable (build it with exit_table(...)); got {type(table).__name__}"
+            f"table must be a tradeoff.policy.scoring.ExitTable (build it with exit_table(...)); got {type(table).__name__}"
         )
     if table.num_exits < 2:
         raise ValueError(f"the table has K = {table.num_exits} exit; thresholds need at least 2 exits to search")

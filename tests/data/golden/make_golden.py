@@ -32,21 +32,16 @@ COMPARED = ("pareto.csv", "thresholds.json")
 
 
 def make_cache(path: Path) -> None:
-    from tradeoff.synthetic import synthetic_cache
+    from tradeoff.cache.format import write_cache
+    from tradeoff.cache.synthetic import synthetic_cache
 
-    try:
-        from tradeoff.cache import write_cache
-    except ImportError:  # after the restructuring
-        from tradeoff.cache.format import write_cache
     write_cache(path, synthetic_cache(num_samples=1200, num_classes=10, seed=3))
 
 
 def run_all(workdir: Path) -> dict[str, dict[str, bytes]]:
     """Run every search in `workdir` (which must hold cache.npz); name -> file -> bytes."""
-    try:
-        from tradeoff.commands import main
-    except ImportError:  # before the restructuring
-        from tradeoff.cli import main
+    from tradeoff.commands import main
+
     out = {}
     old = Path.cwd()
     os.chdir(workdir)

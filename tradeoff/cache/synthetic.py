@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tradeoff.cache import ExitCache, make_meta, validate_cache
+from tradeoff.cache.format import ExitCache, make_meta, validate_cache
 
 # fvcore counts of scan_resnet18 at 32x32, CIFAR-100 (see flops.py); used only for shape.
 SCAN_RESNET18_LIKE_FLOPS = (0.29e9, 0.46e9, 0.60e9, 0.70e9)

@@ -3,7 +3,7 @@
 One file (`.npz`, schema 1, see DESIGN.md) that `numpy.load(path, allow_pickle=False)`
 reads. This half of the module (the dataclass, validation, reading and writing) is
 NumPy only, so `tradeoff search` starts without importing torch; building a cache from a
-model lives in `tradeoff.cache_build`.
+model lives in `tradeoff.cache.build`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Logits come as one (K, N, C) file or one (N, C) file per exit (shallow -> deep), as
 `.npy` (read with `allow_pickle=False`) or `.pt` (read with `torch.load(weights_only=True)`;
 tensors only unless the user trusts the file). Costs are given, not counted: the user's
-framework knows its network. Everything is validated by `tradeoff.cache.validate_cache`.
+framework knows its network. Everything is validated by `tradeoff.cache.format.validate_cache`.
 torch is imported only to read `.pt` files.
 """
 
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tradeoff.cache import ExitCache, make_meta, validate_cache, write_cache
+from tradeoff.cache.format import ExitCache, make_meta, validate_cache, write_cache
 from tradeoff.errors import UnsafeCheckpointError
 from tradeoff.fileio import sha256_file
 
@@ -268,7 +268,7 @@ def _is_cache_file(path: Path) -> bool:
     """Whether `path` is an .npz holding the cache keys (read lazily: no array is loaded)."""
     import zipfile
 
-    from tradeoff.cache import REQUIRED_KEYS
+    from tradeoff.cache.format import REQUIRED_KEYS
 
     try:
         with np.load(path, allow_pickle=False) as archive:

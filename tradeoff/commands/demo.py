@@ -71,12 +71,13 @@ def run_demo(
         progress: tqdm bars on stderr.
         log: callable taking one line of text.
     """
-    from tradeoff import plots, report
-    from tradeoff.cache import load_cache
-    from tradeoff.cli import build_parser
+    from tradeoff.report import pareto_plot as plots
+    from tradeoff.report import documents as report
+    from tradeoff.cache.format import load_cache
+    from tradeoff.commands import build_parser
     from tradeoff.fileio import sibling_tempdir
     from tradeoff.search.run import run_search
-    from tradeoff.train import default_config, train_model
+    from tradeoff.training.loop import default_config, train_model
 
     out = Path(out)
     staging = sibling_tempdir(out, "staging")

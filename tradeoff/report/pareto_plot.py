@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tradeoff import report
+from tradeoff.report import documents as report
 from tradeoff.fileio import write_bytes_atomic
 
 PARETO_PNG = "pareto.png"

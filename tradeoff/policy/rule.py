@@ -1,6 +1,6 @@
 """Reading and validating a `thresholds.json`: the one place that does it.
 
-`tradeoff search` writes the file (through `tradeoff.report`); `tradeoff run` and
+`tradeoff search` writes the file (through `tradeoff.report.documents`); `tradeoff run` and
 anything else that applies chosen thresholds to a model reads it here, so a file made
 for another model, another cache or another confidence measure is caught once, with a
 message that says which. NumPy and the standard library only.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tradeoff.policy import CONFIDENCE_MEASURES
+from tradeoff.policy.scoring import CONFIDENCE_MEASURES
 
 REQUIRED_KEYS = ("thresholds", "confidence", "ensemble", "calibration")
 

@@ -36,7 +36,7 @@ def _add_cache(sub) -> None:
 
 
 def _cmd_cache(args) -> int:
-    from tradeoff.cache_build import cache_command
+    from tradeoff.cache.build import cache_command
 
     return cache_command(args)
 
@@ -55,7 +55,7 @@ def _add_import(sub) -> None:
 
 
 def _cmd_import(args) -> int:
-    from tradeoff.cache_import import import_command
+    from tradeoff.cache.importer import import_command
 
     return import_command(args)
 
@@ -96,7 +96,7 @@ def _add_plot(sub) -> None:
 
 
 def _cmd_plot(args) -> int:
-    from tradeoff.plots import plot_command
+    from tradeoff.report.pareto_plot import plot_command
 
     return plot_command(args)
 
@@ -122,7 +122,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from tradeoff.train import train_command
+    from tradeoff.training.loop import train_command
 
     return train_command(args)
 
@@ -151,7 +151,7 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    from tradeoff.runtime import run_command
+    from tradeoff.runtime.early_exit import run_command
 
     return run_command(args)
 
@@ -166,7 +166,7 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from tradeoff.demo import demo_command
+    from tradeoff.commands.demo import demo_command
 
     return demo_command(args)
 

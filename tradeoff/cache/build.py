@@ -2,7 +2,7 @@
 
 `build_cache` is the library function; `cache_command` is `tradeoff cache` (checkpoint and
 data loading, reuse of an existing cache, sharding under torchrun, the closing table).
-The NumPy half of the format (validation, reading, atomic writing) is `tradeoff.cache`.
+The NumPy half of the format (validation, reading, atomic writing) is `tradeoff.cache.format`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tradeoff import shard
-from tradeoff.cache import ExitCache, load_cache, make_meta, validate_cache, write_cache
-from tradeoff.cache_import import exit_summary_table
+from tradeoff.cache import shard
+from tradeoff.cache.format import ExitCache, load_cache, make_meta, validate_cache, write_cache
+from tradeoff.cache.importer import exit_summary_table
 from tradeoff.errors import first_line
 
 LOGITS_DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from tradeoff.errors import first_line
-from tradeoff.policy import CONFIDENCE_MEASURES, exit_outputs
+from tradeoff.policy.scoring import CONFIDENCE_MEASURES, exit_outputs
 
 
 class EarlyExitOutput(NamedTuple):
@@ -654,7 +654,7 @@ def report_document(report: RuntimeReport, **context) -> dict:
 
 def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=None, search_test: dict | None = None) -> str:
     """Two terminal tables: where samples left, then accuracy / latency / speed-up."""
-    from tradeoff.report import format_table
+    from tradeoff.report.documents import format_table
 
     K = report.flops.size
     names = list(exit_names) if exit_names and len(exit_names) == K else [f"exit{k + 1}" for k in range(K)]
@@ -696,7 +696,7 @@ def run_command(args) -> int:
     from tradeoff.data import load_data
     from tradeoff.fileio import sha256_file, write_json_atomic
     from tradeoff.flops import exit_costs
-    from tradeoff.thresholds_file import load_thresholds
+    from tradeoff.policy.rule import load_thresholds
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
@@ -764,8 +764,8 @@ def cache_agreement(cache_path, tf, labels: np.ndarray, report: RuntimeReport) -
     the last bit on the batch it ran in, so a confidence within ~1e-7 of a threshold can
     fall on either side.
     """
-    from tradeoff.cache import load_cache
-    from tradeoff.policy import exit_indices, exit_table
+    from tradeoff.cache.format import load_cache
+    from tradeoff.policy.scoring import exit_indices, exit_table
 
     test = load_cache(cache_path).select("test")
     if not np.array_equal(test.labels, labels):
