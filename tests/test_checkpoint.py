@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tradeoff.checkpoint import infer_scan_arch, load_checkpoint, save_checkpoint
+from tradeoff.checkpoint import load_checkpoint, save_checkpoint
+from tradeoff.models.scan import infer_scan_arch
 from tradeoff.errors import UnsafeCheckpointError
 from tradeoff.models import create_model, list_models, register_model
 from tradeoff.models.base import MultiExitNet, Stage

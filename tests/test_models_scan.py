@@ -9,7 +9,8 @@ from torch import nn
 
 from tradeoff.models import create_model, list_models
 from tradeoff.models.base import MultiExitNet
-from tradeoff.models.scan import BasicBlock, ScanResNet
+from tradeoff.models.resnet import BasicBlock
+from tradeoff.models.scan import ScanResNet
 
 
 # --- an independent network written from DESIGN.md's description of the official code ---

@@ -30,6 +30,7 @@ from torch import nn
 from tradeoff.errors import UnsafeCheckpointError
 from tradeoff.fileio import atomic_open, sha256_file
 from tradeoff.models import create_model, list_models
+from tradeoff.models.scan import infer_scan_arch
 
 FORMAT = "tradeoff-ckpt"
 VERSION = 1
@@ -38,16 +39,6 @@ _WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
 _IGNORED_PREFIXES = ("adaptation_layers.",)  # BYOT's training-only feature adapters
 _SHOW = 3  # keys named per kind of mismatch
-# SCAN ResNets: (blocks in layer1..4, Bottleneck?) -> depth.
-_SCAN_DEPTHS = {
-    ((2, 2, 2, 2), False): 18,
-    ((3, 4, 6, 3), False): 34,
-    ((3, 4, 6, 3), True): 50,
-    ((3, 4, 23, 3), True): 101,
-    ((3, 8, 36, 3), True): 152,
-}
-
-
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """A ready model and where it came from.
@@ -439,18 +430,6 @@ def infer_num_classes(state: Mapping) -> int | None:
         return int(state["fc4.weight"].shape[0])
     rows = {int(v.shape[0]) for k, v in state.items() if k.endswith("weight") and v.ndim == 2}
     return rows.pop() if len(rows) == 1 else None
-
-
-def infer_scan_arch(state: Mapping) -> str | None:
-    """`scan_resnetD` from the block counts of layer1..4 (SCAN key layout), else None."""
-    if "fc4.weight" not in state or "scala1.0.weight" not in state:
-        return None
-    counts = []
-    for layer in range(1, 5):
-        blocks = {int(m.group(1)) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.conv1\.weight$", k))}
-        counts.append(max(blocks) + 1 if blocks else 0)
-    depth = _SCAN_DEPTHS.get((tuple(counts), "layer1.0.conv3.weight" in state))
-    return f"scan_resnet{depth}" if depth else None
 
 
 def suggest_arch(state: Mapping, *, search_registry: bool = True) -> tuple[str | None, int | None]:

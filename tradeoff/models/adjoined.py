@@ -28,8 +28,7 @@ from torch.nn import functional as F
 
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import register_model
-from tradeoff.models.scan import BasicBlock
-from tradeoff.models.sidenet import PlainResNet
+from tradeoff.models.resnet import BasicBlock, PlainResNet
 
 __all__ = ["AdjoinedNet", "adjoined_small", "adjoined_resnet18", "small_width"]
 

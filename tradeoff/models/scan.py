@@ -17,10 +17,10 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import register_model
+from tradeoff.models.resnet import BasicBlock, Bottleneck, ResNetStem
 
 __all__ = [
     "BasicBlock",
@@ -32,55 +32,6 @@ __all__ = [
     "scan_resnet101",
     "scan_resnet152",
 ]
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual; torchvision's key names (`downsample.0/1`)."""
-
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = _downsample(in_planes, planes * self.expansion, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (carries the stride) -> 1x1 with expansion 4, as in the CIFAR ResNets."""
-
-    expansion = 4
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.downsample = _downsample(in_planes, planes * self.expansion, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
-
-
-def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
-    if stride == 1 and in_planes == out_planes:
-        return None
-    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
 def _attention(channels: int) -> nn.Sequential:
@@ -109,17 +60,6 @@ def _scala(in_channels: int, width: int, out_channels: int, kernel: int, pool: i
         nn.ReLU(),
         nn.AvgPool2d(pool, pool),
     )
-
-
-class ResNetStem(nn.Module):
-    """Section 1: conv1 -> bn1 -> ReLU -> layer1 (no max-pool, as in the CIFAR ResNets)."""
-
-    def __init__(self, conv1: nn.Module, bn1: nn.Module, layer1: nn.Module) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.layer1 = conv1, bn1, layer1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer1(F.relu(self.bn1(self.conv1(x))))
 
 
 class _ExitHead(nn.Module):
@@ -237,6 +177,30 @@ class ScanResNet(MultiExitNet):
             features.append(feature)
             logits.append(head.fc(feature))
         return logits, features
+
+
+# Block counts of layer1..4 and whether the block is a Bottleneck -> depth (He et al., 2016, table 1).
+SCAN_DEPTHS = {
+    ((2, 2, 2, 2), False): 18,
+    ((3, 4, 6, 3), False): 34,
+    ((3, 4, 6, 3), True): 50,
+    ((3, 4, 23, 3), True): 101,
+    ((3, 8, 36, 3), True): 152,
+}
+
+
+def infer_scan_arch(state) -> str | None:
+    """`scan_resnetD` from the block counts of layer1..4 in a state_dict (SCAN key layout), else None."""
+    import re
+
+    if "fc4.weight" not in state or "scala1.0.weight" not in state:
+        return None
+    counts = []
+    for layer in range(1, 5):
+        blocks = {int(m.group(1)) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.conv1\.weight$", k))}
+        counts.append(max(blocks) + 1 if blocks else 0)
+    depth = SCAN_DEPTHS.get((tuple(counts), "layer1.0.conv3.weight" in state))
+    return f"scan_resnet{depth}" if depth else None
 
 
 def _scan_resnet(block, num_blocks: Sequence[int], num_classes: int) -> ScanResNet:

@@ -16,97 +16,15 @@ A SideNet checkpoint is self-contained: its state_dict holds the MainNet's weigh
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import create_model, register_model
-from tradeoff.models.scan import BasicBlock, ResNetStem
+from tradeoff.models.resnet import PlainResNet
 
 __all__ = ["PlainResNet", "SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main"]
-
-
-class _Classifier(nn.Module):
-    """Global average pool -> flatten -> fc."""
-
-    def __init__(self, fc: nn.Linear) -> None:
-        super().__init__()
-        self.fc = fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-class PlainResNet(MultiExitNet):
-    """A single-exit CIFAR-style ResNet (3x3 stem, no max-pool, `layer1..L`, pool, `fc`).
-
-    Args:
-        num_blocks: BasicBlocks per layer (L layers).
-        num_classes: classes of `fc`.
-        in_channels: input channels.
-        widths: (L,) channels of each layer.
-        strides: (L,) stride of each layer's first block.
-        input_shape: (C, H, W) the network is made for (used in error messages only).
-    """
-
-    def __init__(
-        self,
-        num_blocks: Sequence[int],
-        *,
-        num_classes: int,
-        in_channels: int,
-        widths: Sequence[int],
-        strides: Sequence[int],
-        input_shape: tuple[int, int, int],
-    ) -> None:
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
-        self.num_layers = len(num_blocks)
-        self.widths = tuple(widths)
-        self.input_shape = tuple(input_shape)
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        in_planes = widths[0]
-        for i, (planes, count, stride) in enumerate(zip(widths, num_blocks, strides), start=1):
-            blocks = []
-            for s in [stride] + [1] * (count - 1):
-                blocks.append(BasicBlock(in_planes, planes, s))
-                in_planes = planes
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
-        self.fc = nn.Linear(widths[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        # Wrappers kept out of the module tree so state_dict keys stay conv1, bn1, layerN, fc.
-        self.__dict__["_sections"] = [ResNetStem(self.conv1, self.bn1, self.layer1)] + [
-            getattr(self, f"layer{i}") for i in range(2, self.num_layers + 1)
-        ]
-        self.__dict__["_classifier"] = _Classifier(self.fc)
-
-    def sections(self) -> list[nn.Module]:
-        """The L backbone sections: (conv1, bn1, ReLU, layer1), layer2, ..., layerL."""
-        return list(self._sections)
-
-    @property
-    def classifier(self) -> nn.Module:
-        return self._classifier
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        for section in self._sections:
-            x = section(x)
-        return self._classifier(x)
-
-    def stages(self) -> list[Stage]:
-        """One stage: the whole backbone, then the classifier."""
-        return [Stage(nn.Sequential(*self._sections), self._classifier)]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.logits(x)]
 
 
 @register_model
@@ -207,27 +125,33 @@ def sidenet(
 
 
 def sidenet_from_main(
-    path: str | os.PathLike, *, trust: bool = False, tap: int | None = None, hidden: int = 64, pool: int = 2
+    main: nn.Module, *, main_arch: str, main_kwargs: dict | None = None, tap: int | None = None, hidden: int = 64,
+    pool: int = 2,
 ) -> tuple[SideNet, dict]:
-    """A SideNet around the trained MainNet in checkpoint `path`.
+    """A SideNet around an already loaded, trained MainNet.
+
+    The caller loads the checkpoint (`tradeoff.checkpoint.load_checkpoint`) and passes the
+    model in, so the model family never reads files itself.
+
+    Args:
+        main: the trained single-exit MainNet (a `PlainResNet`).
+        main_arch: its registered name, recorded so the SideNet can be rebuilt.
+        main_kwargs: the builder kwargs it was made with (num_classes is taken from its head).
 
     Returns:
         (model, arch_kwargs): `create_model("sidenet", **arch_kwargs)` rebuilds the same
         network, so a saved SideNet checkpoint is self-contained.
 
     Raises:
-        ValueError: the checkpoint does not hold a single-exit MainNet.
+        ValueError: `main` is not a single-exit MainNet.
     """
-    from tradeoff.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(path, trust=trust)
-    if not isinstance(loaded.model, PlainResNet):
+    if not isinstance(main, PlainResNet):
         raise ValueError(
-            f"--main {path} holds a {loaded.arch!r} model; SideNet needs a single-exit MainNet "
+            f"main holds a {main_arch!r} model; SideNet needs a single-exit MainNet "
             "(train one with: tradeoff train --arch mainnet_small --out main.pt)"
         )
-    main_kwargs = {k: v for k, v in dict(loaded.arch_kwargs or {}).items() if k != "num_classes"}
-    model = SideNet(loaded.model, tap=loaded.model.num_layers // 2 if tap is None else int(tap), hidden=hidden, pool=pool)
-    arch_kwargs = {"main_arch": loaded.arch, "main_kwargs": main_kwargs, "tap": model.tap, "hidden": hidden,
-                   "pool": pool, "num_classes": int(loaded.model.fc.out_features)}
+    main_kwargs = {k: v for k, v in dict(main_kwargs or {}).items() if k != "num_classes"}
+    model = SideNet(main, tap=main.num_layers // 2 if tap is None else int(tap), hidden=hidden, pool=pool)
+    arch_kwargs = {"main_arch": main_arch, "main_kwargs": main_kwargs, "tap": model.tap, "hidden": hidden,
+                   "pool": pool, "num_classes": int(main.fc.out_features)}
     return model, arch_kwargs

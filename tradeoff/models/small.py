@@ -21,7 +21,8 @@ digits test split, exit 1 ~95%. Input: (N, 1, 8, 8) with pixels scaled to [0, 1]
 from __future__ import annotations
 
 from tradeoff.models.registry import register_model
-from tradeoff.models.scan import BasicBlock, ScanResNet
+from tradeoff.models.resnet import BasicBlock
+from tradeoff.models.scan import ScanResNet
 
 __all__ = ["scan_small"]
 

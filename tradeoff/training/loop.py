@@ -443,7 +443,14 @@ def _build(arch: str, dataset, *, arch_kwargs, main, trust):
         if not Path(main).is_file():
             raise FileNotFoundError(f"--main {main}: no such file; train a MainNet first "
                                     "(tradeoff train --arch mainnet_small --out main.pt)")
-        return sidenet_from_main(main, trust=trust, **(arch_kwargs or {}))
+        from tradeoff.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(main, trust=trust)
+        try:
+            return sidenet_from_main(loaded.model, main_arch=loaded.arch, main_kwargs=loaded.arch_kwargs,
+                                     **(arch_kwargs or {}))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("main holds", f"--main {main} holds", 1)) from None
     if main is not None:
         raise ValueError(f"--main is only for --arch sidenet; got --arch {arch}")
     kwargs = _builder_kwargs(arch, dataset, arch_kwargs)
