@@ -26,6 +26,8 @@ medians of its confidences, a few samples, one repeat; nothing judged.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from tradeoff.data import load_data
 from tradeoff.flops import exit_costs
 from tradeoff.models import create_model
 from tradeoff.policy.scoring import exit_table
+from tradeoff.policy.rule import ExitRule
 from tradeoff.runtime.early_exit import (EarlyExitModel, cache_agreement, evaluate_runtime, measure_latency, mkldnn_enabled,
                               model_stages)
 
@@ -96,11 +99,11 @@ def _setup(quick: bool, workdir: Path | None):
         table = exit_table(logits, val.y, np.ones(logits.shape[0]))
         return model, np.median(table.confidence[:-1], axis=1), {}, "random scan_small (quick)", None
     from tradeoff.checkpoint import load_checkpoint
-    from tradeoff.policy.rule import load_thresholds
+    from tradeoff.policy.rule import read_rule
 
     if (DEMO_DIR / "model.pt").is_file() and (DEMO_DIR / "thresholds.json").is_file():
         loaded = load_checkpoint(DEMO_DIR / "model.pt")
-        tf = load_thresholds(DEMO_DIR / "thresholds.json", num_exits=len(model_stages(loaded.model)),
+        tf = read_rule(DEMO_DIR / "thresholds.json", num_exits=len(model_stages(loaded.model)),
                              checkpoint_sha256=loaded.sha256)
         source, cache_path = str(DEMO_DIR), DEMO_DIR / "cache.npz"
     else:
@@ -118,7 +121,7 @@ def _train_and_search(workdir: Path):
     from tradeoff.fileio import sha256_file, write_json_atomic
     from tradeoff.report.documents import thresholds_document
     from tradeoff.search.run import run_search
-    from tradeoff.policy.rule import load_thresholds
+    from tradeoff.policy.rule import read_rule
     from tradeoff.training.loop import train_model
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,7 @@ def _train_and_search(workdir: Path):
     cache_path = write_cache(workdir / "cache.npz", cache)
     result = run_search(cache, cache_path=cache_path)
     write_json_atomic(workdir / "thresholds.json", thresholds_document(result))
-    tf = load_thresholds(workdir / "thresholds.json", num_exits=cache.num_exits,
+    tf = read_rule(workdir / "thresholds.json", num_exits=cache.num_exits,
                          cache_sha256=sha256_file(cache_path), checkpoint_sha256=loaded.sha256)
     return loaded, tf
 
@@ -156,7 +159,7 @@ def _measure(quick: bool, workdir: Path | None) -> list[dict]:
     rows, diagnostics = [], []
     settings = {1: (1, 0) if quick else (9, 1), 64: (1, 0) if quick else (31, 2)}
     for compiled in (True, False):  # the judged (compiled) rows keep the plain metric names
-        runner = EarlyExitModel(model, thresholds, compiled=compiled, **policy)
+        runner = EarlyExitModel(model, ExitRule(thresholds, **policy), compiled=compiled)
         path = "compiled" if compiled else "eager"
         batch_one = None
         for batch_size, (repeats, warmup) in settings.items():
@@ -203,8 +206,7 @@ def _diagnostics(runner: EarlyExitModel, x: torch.Tensor, costs, batch_one, quic
     rows, ratios = [], []
     for k in range(K):
         forced = np.array([0.0 if j == k else 1.0 for j in range(K - 1)])  # everyone leaves at exit k
-        probe = EarlyExitModel(model, forced, confidence=runner.confidence, ensemble=runner.ensemble,
-                               temperatures=runner.temperatures, compiled=runner.compiled)
+        probe = EarlyExitModel(model, dataclasses.replace(runner.rule, thresholds=tuple(forced)), compiled=runner.compiled)
         lat = measure_latency(probe, x, batch_size=1, repeats=repeats, warmup=warmup)
         ratios.append(lat.latency_ms / lat.baseline_latency_ms)
         calls = _path_ops(probe, x, k)

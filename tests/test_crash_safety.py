@@ -19,7 +19,7 @@ import pytest
 
 from tradeoff.cache.format import load_cache
 from tradeoff.fileio import atomic_open, remove_stale_temporaries
-from tradeoff.search.run import newest_cache
+from tradeoff.commands.defaults import newest_cache
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TQDM_DISABLE="1", MPLBACKEND="Agg")

@@ -27,7 +27,7 @@ from tradeoff.cache.format import REQUIRED_KEYS, load_cache, write_cache
 from tradeoff.commands import main
 from tradeoff.policy.scoring import CONFIDENCE_MEASURES
 from tradeoff.cache.synthetic import synthetic_cache
-from tradeoff.policy.rule import load_thresholds
+from tradeoff.policy.rule import read_rule
 
 FUZZ = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -364,7 +364,7 @@ def _thresholds_texts(draw):
 
 
 def _check_thresholds_outcome(path, num_exits):
-    loaded, error = _load_outcome(lambda p: load_thresholds(p, num_exits=num_exits), path)
+    loaded, error = _load_outcome(lambda p: read_rule(p, num_exits=num_exits), path)
     if loaded is None:
         return error
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -397,21 +397,21 @@ def test_fuzzed_thresholds_files(tmp_path, text, num_exits):
 
 def test_thresholds_edge_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_thresholds(tmp_path / "absent.json")
+        read_rule(tmp_path / "absent.json")
     for text, match in ((b"[" * 100_000, "nested|JSON"), (b'{"thresholds": [1' + b"0" * 400 + b"]}", "lacks"),
                         (b"\xff\xfe{}", "not a text JSON")):
         path = tmp_path / "t.json"
         path.write_bytes(text)
         with pytest.raises(ValueError, match=match):
-            load_thresholds(path)
+            read_rule(path)
     doc = dict(BASE_DOC, thresholds=[10**400, 0.5, 0.5])
     (tmp_path / "big.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]"):
-        load_thresholds(tmp_path / "big.json")
+        read_rule(tmp_path / "big.json")
     doc = dict(BASE_DOC, calibration={"temperatures": [10**400, 1, 1, 1]})
     (tmp_path / "bigt.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="temperatures must be 4 positive numbers"):
-        load_thresholds(tmp_path / "bigt.json")
+        read_rule(tmp_path / "bigt.json")
 
 
 # ----------------------------------------------------------------------- npz data files

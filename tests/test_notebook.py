@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tradeoff.report import pareto_plot as plots
+from tradeoff.report import plots
 
 from tradeoff.report import documents as report
 from tradeoff.cache.format import write_cache

@@ -7,7 +7,7 @@ import re
 import matplotlib
 import pytest
 
-from tradeoff.report import pareto_plot as plots
+from tradeoff.report import pareto_plot, plots
 
 from tradeoff.report import documents as report
 from tradeoff.cache.format import write_cache
@@ -149,10 +149,10 @@ def test_gather_rejects_other_things():
 
 
 def test_speedup_ticks_are_round_and_apart():
-    ticks = plots._speedup_ticks(9.0, (1.6, 9.4))
+    ticks = pareto_plot._speedup_ticks(9.0, (1.6, 9.4))
     positions = [9.0 / t for t in ticks]
     assert ticks[0] == 5.0 and ticks[-1] == 1.0  # 1.8 MFLOPs and 9 MFLOPs are in range
     assert all(b - a >= 0.07 * 7.8 for a, b in zip(positions, positions[1:]))
-    ticks = plots._speedup_ticks(560.0, (270.0, 720.0))
+    ticks = pareto_plot._speedup_ticks(560.0, (270.0, 720.0))
     assert ticks[0] == 2.0 and ticks[-1] == 0.8 and len(ticks) >= 6
     assert all(560 / b - 560 / a >= 0.07 * 450 for a, b in zip(ticks, ticks[1:]))

@@ -114,9 +114,9 @@ def test_memory_budget_thins_the_levels_and_stays_exact():
 
 
 def test_many_rows_are_scored_in_chunks(monkeypatch):
-    import tradeoff.policy.scoring as policy
+    import tradeoff.policy.bitset as bitset
 
-    monkeypatch.setattr(policy, "_CALL_BYTES", 1)  # one row per chunk
+    monkeypatch.setattr(bitset, "_CALL_BYTES", 1)  # one row per chunk
     rng = np.random.default_rng(5)
     table = ExitTable(rng.random((5, 700)), rng.random((5, 700)) < 0.5, np.arange(1.0, 6.0))
     t = rng.random((13, 4))

@@ -16,6 +16,7 @@ from tradeoff.fileio import sha256_file
 from tradeoff.models import create_model
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.policy.scoring import exit_indices, exit_table
+from tradeoff.policy.rule import ExitRule
 from tradeoff.runtime.early_exit import (
     EarlyExitModel,
     Latency,
@@ -117,7 +118,7 @@ def test_batch_runtime_equals_exit_rule_on_cached_logits(model, digits, full_log
     seen_exits = set()
     for t in vectors:
         exits, answers, _ = _reference(full_logits, y, t, **policy)
-        runner = EarlyExitModel(model, t, **policy)
+        runner = EarlyExitModel(model, ExitRule(t, **policy))
         for batch_size in (64, 360):
             preds, got_exits = run_early_exit(runner, x, batch_size=batch_size)
             np.testing.assert_array_equal(got_exits, exits, err_msg=f"exits, t={t}, batch {batch_size}")
@@ -133,7 +134,7 @@ def test_batch_one_equals_batch_64(model, digits, full_logits, policy):
     _, _, conf = _reference(full_logits[:, :150], y[:150], np.zeros(K - 1), **policy)
     seen = set()
     for t in _safe_thresholds(conf, (0.3, 0.7)) + [np.array([0.0, 1.0])]:
-        runner = EarlyExitModel(model, t, **policy)
+        runner = EarlyExitModel(model, ExitRule(t, **policy))
         one = run_early_exit(runner, x, batch_size=1)
         many = run_early_exit(runner, x, batch_size=64)
         np.testing.assert_array_equal(one[1], many[1])
@@ -159,7 +160,7 @@ def test_exact_ties_and_near_ties_at_batch_one(model, digits, policy):
         on = conf[: K - 1, i].copy()
         for t in (on, np.nextafter(on, 2.0), np.nextafter(on, -1.0)):
             exits, answers, _ = _reference(logits, y, t, **policy)
-            preds, got = run_early_exit(EarlyExitModel(model, t, **policy), x, batch_size=1)
+            preds, got = run_early_exit(EarlyExitModel(model, ExitRule(t, **policy)), x, batch_size=1)
             np.testing.assert_array_equal(got, exits)
             np.testing.assert_array_equal(preds, answers)
             if t is on:  # the tie itself leaves at exit 1; one ulp above it does not
@@ -179,15 +180,15 @@ def test_sections_run_only_on_samples_in_flight(model, digits, full_logits):
         _, _, conf = _reference(full_logits, y, np.zeros(K - 1))
         t = _safe_thresholds(conf, (0.5,))[0]
         exits, _, _ = _reference(full_logits, y, t)
-        run_early_exit(EarlyExitModel(model, t), x, batch_size=64)
+        run_early_exit(EarlyExitModel(model, ExitRule(t)), x, batch_size=64)
         # section k runs exactly on the samples whose exit is k or deeper
         assert rows_seen == [int(np.sum(exits >= k)) for k in range(K)]
         assert rows_seen[1] < rows_seen[0] and rows_seen[2] < rows_seen[1]
         rows_seen[:] = [0] * K
-        run_early_exit(EarlyExitModel(model, np.zeros(K - 1)), x, batch_size=64)
+        run_early_exit(EarlyExitModel(model, ExitRule(np.zeros(K - 1))), x, batch_size=64)
         assert rows_seen == [x.shape[0], 0, 0]
         rows_seen[:] = [0] * K
-        run_early_exit(EarlyExitModel(model, np.zeros(K - 1)), x[:5], batch_size=1)
+        run_early_exit(EarlyExitModel(model, ExitRule(np.zeros(K - 1))), x[:5], batch_size=1)
         assert rows_seen == [5, 0, 0]
     finally:
         for hook in hooks:
@@ -196,14 +197,14 @@ def test_sections_run_only_on_samples_in_flight(model, digits, full_logits):
 
 def test_deepest_is_the_original_network(model, digits, full_logits):
     x, _ = digits
-    runner = EarlyExitModel(model, [0.5, 0.5])
+    runner = EarlyExitModel(model, ExitRule([0.5, 0.5]))
     np.testing.assert_array_equal(runner.deepest(x).numpy(), full_logits[-1].argmax(axis=1))
     np.testing.assert_array_equal(runner.deepest(x[:1]).numpy(), full_logits[-1, :1].argmax(axis=1))
 
 
 def test_runner_outputs_are_int64_tensors_and_model_is_in_eval(digits):
     model = _decisive_scan_small(1).train()
-    runner = EarlyExitModel(model, [0.9, 0.9])
+    runner = EarlyExitModel(model, ExitRule([0.9, 0.9]))
     assert not model.training
     out = runner(digits[0][:7])
     assert out.predictions.dtype == torch.int64 and out.exits.dtype == torch.int64
@@ -230,7 +231,7 @@ def test_other_families_run_early_exit_exactly(arch, kwargs, shape):
     exits, answers, _ = _reference(logits, y, t)
     assert len(np.unique(exits)) >= 2
     for batch_size in (24, 1):
-        preds, got = run_early_exit(EarlyExitModel(model, t), x, batch_size=batch_size)
+        preds, got = run_early_exit(EarlyExitModel(model, ExitRule(t)), x, batch_size=batch_size)
         np.testing.assert_array_equal(got, exits)
         np.testing.assert_array_equal(preds, answers)
 
@@ -251,27 +252,29 @@ class _OneStage(MultiExitNet):
 
 def test_bad_models_and_settings_are_reported(model):
     with pytest.raises(ValueError, match=r"_NoStages has no stages\(\).*implement stages\(\)"):
-        EarlyExitModel(_NoStages(), [0.5])
+        EarlyExitModel(_NoStages(), ExitRule([0.5]))
     with pytest.raises(ValueError, match=r"must define stages\(\)"):
-        EarlyExitModel(MultiExitNet(), [0.5])
+        EarlyExitModel(MultiExitNet(), ExitRule([0.5]))
     with pytest.raises(ValueError, match="1 stage.*at least 2 exits"):
-        EarlyExitModel(_OneStage(), [])
-    with pytest.raises(ValueError, match=r"K-1 = 2 numbers for this 3-exit model; got shape \(3,\)"):
-        EarlyExitModel(model, [0.5, 0.5, 0.5])
+        EarlyExitModel(_OneStage(), ExitRule([0.5]))
+    with pytest.raises(ValueError, match=r"K-1 = 2 numbers for this 3-exit model; got 3 "):
+        EarlyExitModel(model, ExitRule([0.5, 0.5, 0.5]))
     with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]; got \[0.5, 1.5\]"):
-        EarlyExitModel(model, [0.5, 1.5])
+        EarlyExitModel(model, ExitRule([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]"):
-        EarlyExitModel(model, [float("nan"), 0.5])
+        EarlyExitModel(model, ExitRule([float("nan"), 0.5]))
     with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy; got 'top1'"):
-        EarlyExitModel(model, [0.5, 0.5], confidence="top1")
+        EarlyExitModel(model, ExitRule([0.5, 0.5], confidence="top1"))
     with pytest.raises(ValueError, match="temperatures must be 3 positive numbers"):
-        EarlyExitModel(model, [0.5, 0.5], temperatures=[1.0, 0.0, 1.0])
+        EarlyExitModel(model, ExitRule([0.5, 0.5], temperatures=[1.0, 0.0, 1.0]))
+    with pytest.raises(TypeError, match="rule must be a tradeoff ExitRule"):
+        EarlyExitModel(model, [0.5, 0.5])
     assert len(model_stages(model)) == K
 
 
 def test_measure_latency_and_report(model, digits, full_logits):
     x, y = digits
-    runner = EarlyExitModel(model, [0.0, 1.0])
+    runner = EarlyExitModel(model, ExitRule([0.0, 1.0]))
     lat = measure_latency(runner, x[:20], batch_size=8, repeats=3, warmup=1)
     assert isinstance(lat, Latency)
     assert len(lat.passes_ms) == 3 and len(lat.baseline_passes_ms) == 3
@@ -438,14 +441,14 @@ def _compiled_logits(runner: EarlyExitModel, x: torch.Tensor) -> np.ndarray:
 
 def test_compiled_graphs_fold_batch_norm_and_stay_close_to_eager(model, digits, full_logits):
     x, _ = digits
-    runner = EarlyExitModel(model, [0.5, 0.5], compiled=True)
+    runner = EarlyExitModel(model, ExitRule([0.5, 0.5]), compiled=True)
     compiled = _compiled_logits(runner, x)
     assert all(isinstance(part, torch.jit.ScriptModule) for stage in runner.active_stages for part in stage)
     kinds = {node.kind() for section, head in runner.active_stages for part in (section, head)
              for node in part.graph.nodes()}
     assert "aten::batch_norm" not in kinds and "aten::_convolution" in kinds  # folded into the convolutions
     np.testing.assert_allclose(compiled, full_logits, rtol=1e-4, atol=1e-3)
-    eager = EarlyExitModel(model, [0.5, 0.5])
+    eager = EarlyExitModel(model, ExitRule([0.5, 0.5]))
     assert not eager.compiled and all(not isinstance(p, torch.jit.ScriptModule) for s in eager.active_stages for p in s)
 
 
@@ -454,14 +457,14 @@ def test_compiled_runtime_equals_exit_rule_on_its_own_logits_and_on_the_cache(mo
     """Compiled decisions are the exact rule on the graphs' logits; with thresholds clear of
     float32 rounding they are also the eager cache's decisions, at batch 64 and at batch 1."""
     x, y = digits
-    runner_for_logits = EarlyExitModel(model, np.zeros(K - 1), compiled=True, **policy)
+    runner_for_logits = EarlyExitModel(model, ExitRule(np.zeros(K - 1), **policy), compiled=True)
     compiled = _compiled_logits(runner_for_logits, x)
     _, _, conf = _reference(compiled, y, np.zeros(K - 1), **policy)
     seen = set()
     for t in _safe_thresholds(conf, (0.3, 0.7)) + [np.array([0.0, 1.0])]:
         exits, answers, _ = _reference(compiled, y, t, **policy)
         eager_exits, eager_answers, _ = _reference(full_logits, y, t, **policy)
-        runner = EarlyExitModel(model, t, compiled=True, **policy)
+        runner = EarlyExitModel(model, ExitRule(t, **policy), compiled=True)
         for batch_size, n in ((64, x.shape[0]), (1, 90)):
             preds, got = run_early_exit(runner, x[:n], batch_size=batch_size)
             np.testing.assert_array_equal(got, exits[:n])
@@ -475,7 +478,7 @@ def test_compiled_runtime_equals_exit_rule_on_its_own_logits_and_on_the_cache(mo
 
 def test_compiled_retraces_for_a_new_sample_shape():
     model = _decisive("scan_small", 2, in_channels=1)
-    runner = EarlyExitModel(model, [0.5, 0.5], compiled=True)
+    runner = EarlyExitModel(model, ExitRule([0.5, 0.5]), compiled=True)
     runner(torch.zeros(2, 1, 8, 8))
     first = runner.active_stages[0][0]
     runner(torch.zeros(3, 1, 8, 8))  # another batch size: same graphs
@@ -502,7 +505,7 @@ class _ReturnsInt(nn.Module):
 
 
 def test_compiled_reports_a_part_it_cannot_trace():
-    runner = EarlyExitModel(_IntHead(), [0.5], compiled=True)
+    runner = EarlyExitModel(_IntHead(), ExitRule([0.5]), compiled=True)
     with pytest.raises(ValueError, match=r"cannot compile head 2 \(_ReturnsInt\) with TorchScript: .*without compiled=True"):
         runner(torch.zeros(2, 4))
 

@@ -13,7 +13,8 @@ import pytest
 from tradeoff.cache.format import ExitCache, load_cache, write_cache
 from tradeoff.commands import main
 from tradeoff.policy.scoring import exit_indices, exit_table
-from tradeoff.search.run import Pick, bootstrap_accuracy_ci, default_run_dir, newest_cache, run_search
+from tradeoff.commands.defaults import default_run_dir, newest_cache
+from tradeoff.search.run import Pick, bootstrap_accuracy_ci, run_search
 from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +171,7 @@ def test_default_labels():
     assert Pick.from_options(max_drop=0.5).label == "drop0.5"
     assert Pick.from_options(budget_flops=3e8).label == "budget3e+08"
     assert Pick.from_options().label == "nodrop" and Pick.from_options().as_dict() == {"max_drop": 0.0, "default": True}
-    assert default_run_dir("results/cache/m-digits.npz", Pick.from_options(target_acc=0.78)) == Path("results/m-digits-acc0.78")
+    assert default_run_dir("results/cache/m-digits.npz", Pick.from_options(target_acc=0.78).label) == Path("results/m-digits-acc0.78")
     with pytest.raises(ValueError, match="at most one of --target-acc, --max-drop, --budget-flops"):
         Pick.from_options(target_acc=0.7, max_drop=1.0)
 
@@ -454,8 +455,8 @@ def test_train_rows_are_ignored(cache_file):
 
 def test_the_runtime_reader_accepts_the_file(run_dir, cache_file):
     from tradeoff.fileio import sha256_file
-    from tradeoff.policy.rule import load_thresholds
+    from tradeoff.policy.rule import read_rule
 
-    loaded = load_thresholds(run_dir / "thresholds.json", num_exits=3, cache_sha256=sha256_file(cache_file), confidence="maxprob")
+    loaded = read_rule(run_dir / "thresholds.json", num_exits=3, cache_sha256=sha256_file(cache_file), confidence="maxprob")
     doc = json.loads((run_dir / "thresholds.json").read_text())
     assert loaded.thresholds.tolist() == doc["thresholds"] and loaded.temperatures is None

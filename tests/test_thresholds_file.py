@@ -1,11 +1,11 @@
-"""`load_thresholds`: the one reader of thresholds.json, and every way a file can be wrong."""
+"""`read_rule`: the one reader of thresholds.json, and every way a file can be wrong."""
 
 import json
 
 import numpy as np
 import pytest
 
-from tradeoff.policy.rule import ThresholdsFile, load_thresholds
+from tradeoff.policy.rule import ThresholdsFile, read_rule
 
 GOOD = {
     "thresholds": [0.9, 0.75],
@@ -32,7 +32,7 @@ def _write(tmp_path, doc, name="thresholds.json"):
 
 def test_good_file_round_trip(tmp_path):
     path = _write(tmp_path, GOOD)
-    tf = load_thresholds(path, cache_sha256="a" * 64, num_exits=3, confidence="maxprob", checkpoint_sha256="b" * 64)
+    tf = read_rule(path, cache_sha256="a" * 64, num_exits=3, confidence="maxprob", checkpoint_sha256="b" * 64)
     assert isinstance(tf, ThresholdsFile)
     np.testing.assert_array_equal(tf.thresholds, [0.9, 0.75])
     assert tf.thresholds.dtype == np.float64
@@ -44,11 +44,11 @@ def test_good_file_round_trip(tmp_path):
 def test_minimal_file_and_calibration(tmp_path):
     doc = {"thresholds": [0, 1, 0.5], "confidence": "entropy", "ensemble": True,
            "calibration": {"temperatures": [1.5, 1.0, 0.8, 1.2]}}
-    tf = load_thresholds(_write(tmp_path, doc), num_exits=4)
+    tf = read_rule(_write(tmp_path, doc), num_exits=4)
     assert tf.num_exits == 4 and tf.ensemble is True and tf.cache_sha256 is None and tf.val == {}
     np.testing.assert_array_equal(tf.temperatures, [1.5, 1.0, 0.8, 1.2])
     # nothing recorded to check against: the checks that need it pass
-    load_thresholds(_write(tmp_path, doc), cache_sha256="c" * 64, checkpoint_sha256="d" * 64)
+    read_rule(_write(tmp_path, doc), cache_sha256="c" * 64, checkpoint_sha256="d" * 64)
 
 
 def test_search_writer_output_is_readable(tmp_path):
@@ -60,7 +60,7 @@ def test_search_writer_output_is_readable(tmp_path):
     cache = synthetic_cache(num_samples=400, num_classes=10, exit_accuracies=(0.6, 0.8, 0.9), seed=1)
     result = run_search(cache, pop=8, gens=2, seed=0, bootstrap=100)
     path = _write(tmp_path, thresholds_document(result))
-    tf = load_thresholds(path, num_exits=3, confidence="maxprob")
+    tf = read_rule(path, num_exits=3, confidence="maxprob")
     np.testing.assert_allclose(tf.thresholds, result.chosen.thresholds)
 
 
@@ -93,30 +93,30 @@ def test_search_writer_output_is_readable(tmp_path):
 def test_malformed_files(tmp_path, content, message):
     path = _write(tmp_path, content)
     with pytest.raises(ValueError, match=message) as info:
-        load_thresholds(path)
+        read_rule(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_mismatches_say_which(tmp_path):
     path = _write(tmp_path, GOOD)
     with pytest.raises(ValueError, match=r"holds 2 thresholds \(a 3-exit model\) but the model has 4 exits, so it needs 3"):
-        load_thresholds(path, num_exits=4)
+        read_rule(path, num_exits=4)
     with pytest.raises(ValueError, match=r"searched with confidence 'maxprob', not 'margin'"):
-        load_thresholds(path, confidence="margin")
+        read_rule(path, confidence="margin")
     with pytest.raises(ValueError, match=r"another cache: its cache_sha256 is aaaaaaaaaaaa\.\.\. but the given cache's "
                                          r"is cccccccccccc\.\.\.; pass the cache it came from \(results/cache/demo.npz\)"):
-        load_thresholds(path, cache_sha256="c" * 64)
+        read_rule(path, cache_sha256="c" * 64)
     with pytest.raises(ValueError, match=r"another model: its checkpoint_sha256 is bbbbbbbbbbbb\.\.\. but the "
                                          r"checkpoint's is dddddddddddd\.\.\. \(arch 'scan_small'\)"):
-        load_thresholds(path, checkpoint_sha256="d" * 64)
+        read_rule(path, checkpoint_sha256="d" * 64)
 
 
 def test_missing_file_directory_and_binary(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"thresholds file .*nope.json does not exist; run `tradeoff search` first"):
-        load_thresholds(tmp_path / "nope.json")
+        read_rule(tmp_path / "nope.json")
     with pytest.raises(ValueError, match=r"is a directory; pass the thresholds.json inside it"):
-        load_thresholds(tmp_path)
+        read_rule(tmp_path)
     binary = tmp_path / "model.pt"
     binary.write_bytes(b"\x80\x02\xff\xfe")
     with pytest.raises(ValueError, match=r"is not a text JSON file"):
-        load_thresholds(binary)
+        read_rule(binary)

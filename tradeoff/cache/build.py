@@ -1,7 +1,8 @@
 """Building an exit cache from a model: one forward pass per batch yields every exit.
 
-`build_cache` is the library function; `cache_command` is `tradeoff cache` (checkpoint and
-data loading, reuse of an existing cache, sharding under torchrun, the closing table).
+`build_cache` turns a model and a dataset into a cache; `cache_checkpoint` is the whole of
+`tradeoff cache` as a library function (checkpoint and data loading, reuse of an existing
+cache, sharding under torchrun); `tradeoff.commands.cache` adds the flags and the printing.
 The NumPy half of the format (validation, reading, atomic writing) is `tradeoff.cache.format`.
 """
 
@@ -11,7 +12,9 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,11 +22,9 @@ from tqdm import tqdm
 
 from tradeoff.cache import shard
 from tradeoff.cache.format import ExitCache, load_cache, make_meta, validate_cache, write_cache
-from tradeoff.cache.importer import exit_summary_table
 from tradeoff.errors import first_line
 
 LOGITS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-DEFAULT_CACHE_DIR = Path("results") / "cache"
 # Meta fields that may differ between runs that produced the same cache.
 INFORMATIONAL_META = ("created", "world_size")
 
@@ -249,113 +250,142 @@ def assemble_cache(logits: np.ndarray, dataset, costs, *, model=None, meta: dict
     return validate_cache(cache, source="tradeoff cache")
 
 
-# --------------------------------------------------------------------------- the command
-def cache_command(args) -> int:
-    """`tradeoff cache`: checkpoint + data -> cache file, reused when it already exists.
+# --------------------------------------------------------------------------- checkpoint -> cache file
+@dataclass(frozen=True)
+class CacheOutcome:
+    """What `cache_checkpoint` did.
 
-    Under torchrun every process runs this; each step ends with all processes agreeing
-    (one failure fails them all), and on failure each says why before any exits, since
-    torchrun ends the others as soon as one process is gone.
+    Attributes:
+        path: the cache file.
+        cache: the cache (None on the non-main processes of a torchrun run).
+        reused: True when `path` already held this checkpoint's logits on this data.
+        seconds: time of the forward passes (0 when reused).
+        world_size: processes that computed the logits (1 without torchrun).
+        data_name: the dataset's name (e.g. "digits", "cifar100").
     """
-    ctx = shard.detect_torchrun()
-    check_options(batch_size=args.batch_size, device=args.device, logits_dtype=args.logits_dtype)
-    if ctx is None:
-        return _cache(args, None, args.device)
-    with shard.process_group(ctx, args.device) as device:
-        try:
-            return _cache(args, ctx, device)
-        except (ValueError, TypeError, OSError, RuntimeError) as exc:
-            print(f"tradeoff cache: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
-                  flush=True)
-            shard.barrier(ctx, device)
-            return 1
+
+    path: Path
+    cache: ExitCache | None
+    reused: bool
+    seconds: float
+    world_size: int
+    data_name: str
 
 
-def _cache(args, ctx, device: str) -> int:
+def cache_checkpoint(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike | Callable[[str], Path],
+    *,
+    data: str | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    logits_dtype: str = "float32",
+    include_train: bool = False,
+    trust: bool = False,
+    dist: "shard.DistContext | None" = None,
+    dist_device: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CacheOutcome:
+    """Checkpoint + data -> cache file, reusing the file when it already holds the same logits.
+
+    Args:
+        ckpt: a tradeoff checkpoint, bare state_dict or .safetensors file.
+        out: the cache file, or a callable taking the data's name and returning it (the data is
+            only known once the checkpoint is read).
+        data: data spec (`tradeoff.data.load_data`); default: the checkpoint's, else digits.
+        arch, num_classes: for bare state_dicts.
+        batch_size, device, logits_dtype: how the forward passes run and what they store.
+        include_train: also cache the train split.
+        trust: allow unpickling arbitrary objects from the checkpoint.
+        dist: the torchrun context (`shard.detect_torchrun()`) inside its `shard.process_group`;
+            None for one process.
+        dist_device: the process group's device for this rank (what `shard.process_group`
+            yields); `device` is still what the meta records.
+        log: callable taking one line of progress text (default: none).
+
+    Raises:
+        ValueError / FileNotFoundError: bad checkpoint, data, options, or an `out` that holds
+            something else.
+    """
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
     from tradeoff.flops import exit_costs
 
+    check_options(batch_size=batch_size, device=device, logits_dtype=logits_dtype)
+    log = log or (lambda line: None)
+    ctx = dist
+    run_on = device if ctx is None else (dist_device or device)
     main = ctx is None or ctx.is_main
-    with shard.step(ctx, device):
-        loaded = load_checkpoint(
-            args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint, map_location="cpu"
-        )
-        spec = args.data or loaded.data or "digits"
-        splits = ("train", "val", "test") if args.include_train else ("val", "test")
+    with shard.step(ctx, run_on):
+        loaded = load_checkpoint(ckpt, arch=arch, num_classes=num_classes, trust=trust, map_location="cpu")
+        spec = data or loaded.data or "digits"
+        splits = ("train", "val", "test") if include_train else ("val", "test")
         dataset = load_data(spec, splits=splits)
-        out = Path(args.out) if args.out else DEFAULT_CACHE_DIR / f"{Path(args.ckpt).stem}-{dataset.name}.npz"
+        path = Path(out(dataset.name) if callable(out) else out)
         key = {
             "arch": loaded.arch,
             "arch_kwargs": loaded.arch_kwargs,
             "checkpoint_sha256": loaded.sha256,
             "data_fingerprint": dataset.fingerprint,
-            "logits_dtype": args.logits_dtype,
+            "logits_dtype": logits_dtype,
             "splits": sorted(splits_present(dataset)),
         }
-        existing = existing_cache(out, key, ckpt=args.ckpt, verbose=main)
+        existing = existing_cache(path, key, ckpt=ckpt, log=log if main else None)
         if existing is None:
-            rows = [(0, len(dataset))] if ctx is None else shard.rank_rows(len(dataset), args.batch_size, ctx.world_size)
+            rows = [(0, len(dataset))] if ctx is None else shard.rank_rows(len(dataset), batch_size, ctx.world_size)
             # One sample first: a model that does not fit the data fails here, in data
             # terms, before fvcore traces it.
-            predict_exits(loaded.model, dataset, rows=(0, 1), batch_size=1, device=device, progress=False)
+            predict_exits(loaded.model, dataset, rows=(0, 1), batch_size=1, device=run_on, progress=False)
+    world = 1 if ctx is None else ctx.world_size
     if existing is not None:
-        if main:
-            print(f"reusing {out}: it already holds this checkpoint's logits on {dataset.name} (same sha256, "
-                  "data fingerprint and dtype); delete it to recompute")
-            print(exit_summary_table(existing))
-        return 0
+        return CacheOutcome(path, existing, reused=True, seconds=0.0, world_size=world, data_name=dataset.name)
     meta = {
         "arch": loaded.arch,
         "arch_kwargs": loaded.arch_kwargs,
-        "checkpoint": str(args.ckpt),
+        "checkpoint": str(ckpt),
         "checkpoint_sha256": loaded.sha256,
-        "logits_dtype": args.logits_dtype,
-        "batch_size": int(args.batch_size),
-        "device": str(args.device),
-        "world_size": 1 if ctx is None else ctx.world_size,
+        "logits_dtype": logits_dtype,
+        "batch_size": int(batch_size),
+        "device": str(device),
+        "world_size": world,
     }
     model = loaded.model
     if ctx is None:
         costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
         started = time.perf_counter()
-        cache = build_cache(model, dataset, costs, batch_size=args.batch_size, device=device,
-                            logits_dtype=args.logits_dtype, progress=True, meta=meta)
+        cache = build_cache(model, dataset, costs, batch_size=batch_size, device=run_on,
+                            logits_dtype=logits_dtype, progress=True, meta=meta)
         seconds = time.perf_counter() - started
-        write_cache(out, cache)
-        where = ""
-    else:
-        busy = sum(stop > start for start, stop in rows)
-        if main and busy < ctx.world_size:
-            print(f"note: only {busy} of {ctx.world_size} processes have a batch at --batch-size "
-                  f"{args.batch_size}; lower --batch-size to use them all", file=sys.stderr)
+        write_cache(path, cache)
+        return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=1, data_name=dataset.name)
+    busy = sum(stop > start for start, stop in rows)
+    if main and busy < ctx.world_size:
+        log(f"note: only {busy} of {ctx.world_size} processes have a batch at batch size "
+            f"{batch_size}; lower the batch size to use them all")
 
-        def compute(start, stop):
-            return predict_exits(model, dataset, rows=(start, stop), batch_size=args.batch_size, device=device,
-                                 logits_dtype=args.logits_dtype, progress=main)
+    def compute(start, stop):
+        return predict_exits(model, dataset, rows=(start, stop), batch_size=batch_size, device=run_on,
+                             logits_dtype=logits_dtype, progress=main)
 
-        started = time.perf_counter()
-        logits = shard.run_sharded(ctx, compute, rows, out, json.dumps(key, sort_keys=True), device=device)
-        seconds = time.perf_counter() - started
-        with shard.step(ctx, device):
-            if main:
-                costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
-                cache = assemble_cache(logits, dataset, costs, model=model, meta=meta)
-                write_cache(out, cache)
-        if not main:
-            return 0
-        where = f" on {ctx.world_size} processes"
-    print(f"cached {cache.num_samples} rows{where} in {seconds:.2f} s ({cache.num_samples / seconds:.1f} img/s)")
-    print(exit_summary_table(cache))
-    print(f"wrote {out}")
-    return 0
+    started = time.perf_counter()
+    logits = shard.run_sharded(ctx, compute, rows, path, json.dumps(key, sort_keys=True), device=run_on)
+    seconds = time.perf_counter() - started
+    cache = None
+    with shard.step(ctx, run_on):
+        if main:
+            costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
+            cache = assemble_cache(logits, dataset, costs, model=model, meta=meta)
+            write_cache(path, cache)
+    return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=world, data_name=dataset.name)
 
 
 def splits_present(dataset) -> set[str]:
     return set(np.unique(dataset.split).tolist())
 
 
-def existing_cache(out: Path, key: dict, *, ckpt: str | os.PathLike, verbose: bool = True) -> ExitCache | None:
+def existing_cache(out: Path, key: dict, *, ckpt: str | os.PathLike, log: Callable[[str], None] | None = None) -> ExitCache | None:
     """The cache already at `out` if it was built from this checkpoint and data, else None.
 
     Raises:
@@ -382,8 +412,8 @@ def existing_cache(out: Path, key: dict, *, ckpt: str | os.PathLike, verbose: bo
                 f"{str(key[field])[:16]!r}); delete it or pass another --out"
             )
     if meta.get("logits_dtype") != key["logits_dtype"] or sorted(meta.get("splits", [])) != key["splits"]:
-        if verbose:
-            print(f"rebuilding {out}: it holds {meta.get('logits_dtype')} logits of splits {meta.get('splits')}, "
-                  f"asked for {key['logits_dtype']} of {key['splits']}", file=sys.stderr)
+        if log is not None:
+            log(f"rebuilding {out}: it holds {meta.get('logits_dtype')} logits of splits {meta.get('splits')}, "
+                  f"asked for {key['logits_dtype']} of {key['splits']}")
         return None
     return cache

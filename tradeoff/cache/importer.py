@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tradeoff.cache.format import ExitCache, make_meta, validate_cache, write_cache
+from tradeoff.cache.format import ExitCache, make_meta, validate_cache
 from tradeoff.errors import UnsafeCheckpointError
 from tradeoff.fileio import sha256_file
 
@@ -264,7 +264,7 @@ def exit_summary_table(cache: ExitCache) -> str:
     return "\n".join(lines)
 
 
-def _is_cache_file(path: Path) -> bool:
+def is_cache_file(path: Path) -> bool:
     """Whether `path` is an .npz holding the cache keys (read lazily: no array is loaded)."""
     import zipfile
 
@@ -275,21 +275,3 @@ def _is_cache_file(path: Path) -> bool:
             return hasattr(archive, "files") and all(key in archive.files for key in REQUIRED_KEYS)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return False
-
-
-def import_command(args) -> int:
-    """`tradeoff import`: write a cache from the user's arrays and show each exit's figures."""
-    flops, file_baseline = parse_flops(args.flops)
-    baseline = args.baseline_flops if args.baseline_flops is not None else file_baseline
-    out = Path(args.out)
-    inputs = [Path(p) for p in [*args.logits, args.labels, *([args.split] if args.split else [])]]
-    if out.exists() and any(out.resolve() == p.resolve() for p in inputs if p.exists()):
-        raise ValueError(f"--out {out} is one of the input files; choose another output path")
-    if out.exists() and not _is_cache_file(out):
-        raise ValueError(f"--out {out} exists and is not a tradeoff cache; delete it or choose another output path")
-    cache = import_cache(args.logits, args.labels, split_path=args.split, flops=flops, baseline_flops=baseline,
-                         trust=args.trust_checkpoint)
-    write_cache(out, cache)
-    print(exit_summary_table(cache))
-    print(f"wrote {out}")
-    return 0

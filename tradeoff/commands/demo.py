@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tradeoff.commands.defaults import DEFAULT_DEMO_DIR
+
 MODEL_FILE = "model.pt"
 CACHE_FILE = "cache.npz"
 DEMO_ARCH = "scan_small"
@@ -52,7 +54,7 @@ class DemoResult:
 
 
 def run_demo(
-    out: str | os.PathLike = "results/demo",
+    out: str | os.PathLike = DEFAULT_DEMO_DIR,
     *,
     seed: int = 0,
     epochs: int | None = None,
@@ -71,10 +73,10 @@ def run_demo(
         progress: tqdm bars on stderr.
         log: callable taking one line of text.
     """
-    from tradeoff.report import pareto_plot as plots
+    from tradeoff.report import plots
     from tradeoff.report import documents as report
-    from tradeoff.cache.format import load_cache
-    from tradeoff.commands import build_parser
+    from tradeoff.cache.build import cache_checkpoint
+    from tradeoff.cache.importer import exit_summary_table
     from tradeoff.fileio import sibling_tempdir
     from tradeoff.search.run import run_search
     from tradeoff.training.loop import default_config, train_model
@@ -91,20 +93,17 @@ def run_demo(
         trained = train_model(DEMO_ARCH, DEMO_DATA, staging / MODEL_FILE, config=config, progress=progress, log=log)
         seconds["train"] = time.perf_counter() - t0
 
-        # 2. cache (the `tradeoff cache` command itself, so the demo shows what users run)
+        # 2. cache (what `tradeoff cache` runs)
         log(f"[2/3] caching every exit's logits on val and test (built beside {out}/, moved into it at the end)")
         t0 = time.perf_counter()
-        cache_args = build_parser().parse_args(
-            ["cache", "--ckpt", str(staging / MODEL_FILE), "--data", DEMO_DATA, "--out", str(staging / CACHE_FILE)]
-        )
-        cache_args.func(cache_args)
+        cached = cache_checkpoint(staging / MODEL_FILE, staging / CACHE_FILE, data=DEMO_DATA)
+        log(exit_summary_table(cached.cache))
         seconds["cache"] = time.perf_counter() - t0
 
         # 3. search, then write the run directory in one step with the model and cache inside
         log(f"[3/3] searching thresholds (NSGA-II {pop} x {gens}, default pick: no loss against the deepest exit on val)")
         t0 = time.perf_counter()
-        cache = load_cache(staging / CACHE_FILE)
-        result = run_search(cache, pick=None, pop=pop, gens=gens, seed=seed, cache_path=staging / CACHE_FILE)
+        result = run_search(cached.cache, pick=None, pop=pop, gens=gens, seed=seed, cache_path=staging / CACHE_FILE)
         result = replace(result, cache_path=str(out / CACHE_FILE))  # where it lives once moved (same bytes)
 
         def move_artefacts(run_dir: Path) -> None:
@@ -154,7 +153,15 @@ def demo_summary(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
-def demo_command(args) -> int:
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="train the embedded default, cache it, search it, plot it")
+    p.add_argument("--out", default=str(DEFAULT_DEMO_DIR), help="run directory to write (an old demo there is replaced)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="training epochs (default: the digits schedule)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
     """`tradeoff demo`: run the demo and print its summary."""
     import torch
 

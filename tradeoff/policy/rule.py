@@ -1,16 +1,25 @@
-"""Reading and validating a `thresholds.json`: the one place that does it.
+"""The exit policy as one type, `ExitRule`, and its file, `thresholds.json`: the one place
+that reads and writes it.
 
-`tradeoff search` writes the file (through `tradeoff.report.documents`); `tradeoff run` and
-anything else that applies chosen thresholds to a model reads it here, so a file made
-for another model, another cache or another confidence measure is caught once, with a
-message that says which. NumPy and the standard library only.
+`ExitRule` holds everything that decides where a sample leaves and what it answers: the
+per-exit thresholds (None switches an exit off), the confidence measure, the running
+ensemble, per-exit temperatures, and the fallback for samples no exit accepted
+(DESIGN.md, "Exit rule"). It is validated once, at construction; the scorer
+(`tradeoff.policy.table.rule_table`, `tradeoff.policy.scoring.score_rule`), the runtime
+(`tradeoff.runtime.early_exit.EarlyExitModel(model, rule)`) and the search result
+(`SearchResult.rule`) all take it.
 
-The file (DESIGN.md, issue 3): `{"thresholds": [t_1..t_{K-1}], "confidence": "maxprob",
-"ensemble": false, "calibration": null | {"temperatures": [T_1..T_K]}, "cache",
-"cache_sha256", "num_exits", "arch", "checkpoint_sha256", "pick", "val": {...},
-"test": {...}}`. The four keys that decide where a sample leaves (`thresholds`,
-`confidence`, `ensemble`, `calibration`) are required; the provenance keys are checked
-when present and when the caller has something to check them against.
+`write_rule` writes a `thresholds.json`; `read_rule` reads one and checks it against what
+the caller is about to apply it to, so a file made for another model, another cache or
+another confidence measure is caught once, with a message that says which. NumPy and the
+standard library only.
+
+The file (DESIGN.md, issue 3): `{"format": "tradeoff-thresholds", "version": 1,
+"thresholds": [t_1..t_{K-1}], "confidence": "maxprob", "ensemble": false, "calibration":
+null | {"temperatures": [T_1..T_K]}, "cache", "cache_sha256", "num_exits", "arch",
+"checkpoint_sha256", "pick", "val": {...}, "test": {...}}`. The four keys that decide where
+a sample leaves are required; the provenance keys are checked when present and when the
+caller has something to check them against.
 """
 
 from __future__ import annotations
@@ -23,17 +32,121 @@ from pathlib import Path
 
 import numpy as np
 
-from tradeoff.policy.scoring import CONFIDENCE_MEASURES
+from tradeoff.fileio import write_json_atomic
+from tradeoff.policy.confidence import CONFIDENCE_MEASURES
+
+FORMAT = "tradeoff-thresholds"
+VERSION = 1
+FALLBACKS = ("deepest",)  # what answers a sample no exit accepted (DESIGN.md lists more to come)
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """The whole exit policy of a K-exit network, validated at construction.
+
+    Attributes:
+        thresholds: (K-1,) per-exit confidence thresholds in [0, 1], shallow -> deep, or
+            None for an exit that is switched off; the deepest exit needs none
+            (fallback "deepest"). Stored as a tuple of floats.
+        confidence: "maxprob", "margin" or "entropy" (`policy.confidence`).
+        ensemble: exit k answers with the mean softmax of exits 1..k (and measures its
+            confidence on that mean).
+        temperatures: (K,) positive per-exit softmax temperatures, or None (all 1).
+        fallback: what answers a sample no exit accepted; "deepest" (the last exit).
+
+    Raises:
+        TypeError / ValueError: a threshold that is not a number in [0, 1] (or None), an
+            unknown confidence measure or fallback, temperatures of the wrong length or
+            not positive.
+    """
+
+    thresholds: tuple
+    confidence: str = "maxprob"
+    ensemble: bool = False
+    temperatures: tuple | None = None
+    fallback: str = "deepest"
+
+    def __post_init__(self):
+        raw = self.thresholds
+        if isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__"):
+            raise TypeError(f"thresholds must be a sequence of K-1 numbers (or None); got {type(raw).__name__}")
+        values = list(np.asarray(raw, dtype=object).ravel()) if isinstance(raw, np.ndarray) else list(raw)
+        if not values:
+            raise ValueError("thresholds must hold K-1 >= 1 values, one per exit but the deepest; got none")
+        clean = []
+        for v in values:
+            if v is None:
+                clean.append(None)
+                continue
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"thresholds must be numbers in [0, 1] or None; got {v!r}")
+            if not (0.0 <= float(v) <= 1.0):
+                raise ValueError(f"thresholds must lie in [0, 1]; got {[None if x is None else float(x) for x in values]}")
+            clean.append(float(v))
+        object.__setattr__(self, "thresholds", tuple(clean))
+        if self.confidence not in CONFIDENCE_MEASURES:
+            raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {self.confidence!r}")
+        if not isinstance(self.ensemble, (bool, np.bool_)):
+            raise TypeError(f"ensemble must be True or False; got {self.ensemble!r}")
+        object.__setattr__(self, "ensemble", bool(self.ensemble))
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}; got {self.fallback!r}")
+        if self.temperatures is not None:
+            temps = np.asarray(self.temperatures, dtype=np.float64).ravel()
+            K = len(clean) + 1
+            if temps.shape != (K,) or not np.all(np.isfinite(temps)) or np.any(temps <= 0):
+                raise ValueError(f"temperatures must be {K} positive numbers, one per exit; got {temps.tolist()}")
+            object.__setattr__(self, "temperatures", tuple(float(t) for t in temps))
+
+    @property
+    def num_exits(self) -> int:
+        """K: the thresholds cover every exit but the deepest."""
+        return len(self.thresholds) + 1
+
+    def threshold_array(self) -> np.ndarray:
+        """(K-1,) float64 for the scorers; a switched-off exit is +inf (no confidence reaches it)."""
+        return np.array([np.inf if t is None else t for t in self.thresholds], dtype=np.float64)
+
+    def temperature_array(self) -> np.ndarray:
+        """(K,) float64 temperatures (ones when none were fitted)."""
+        return np.ones(self.num_exits) if self.temperatures is None else np.asarray(self.temperatures, dtype=np.float64)
+
+    def document(self) -> dict:
+        """The keys of `thresholds.json` that decide where a sample leaves."""
+        return {
+            "thresholds": list(self.thresholds),
+            "confidence": self.confidence,
+            "ensemble": self.ensemble,
+            "calibration": None if self.temperatures is None else {"temperatures": list(self.temperatures)},
+        }
+
+
+def rule_document(rule: ExitRule, **provenance) -> dict:
+    """The whole `thresholds.json` object: format, version, the rule's keys, then `provenance`
+    (cache, checkpoint, figures...; see the module docstring)."""
+    clash = sorted(set(provenance) & {"format", "version", "thresholds", "confidence", "ensemble", "calibration"})
+    if clash:
+        raise ValueError(f"provenance must not redefine the rule's keys; got {', '.join(clash)}")
+    return {"format": FORMAT, "version": VERSION, **rule.document(), **provenance}
+
+
+def write_rule(path: str | os.PathLike, rule: ExitRule, **provenance) -> Path:
+    """Write `rule` (and `provenance`) as a thresholds.json, atomically, sorted keys. Returns the path."""
+    path = Path(path)
+    write_json_atomic(path, rule_document(rule, **provenance))
+    return path
+
 
 REQUIRED_KEYS = ("thresholds", "confidence", "ensemble", "calibration")
 
 
 @dataclass(frozen=True)
 class ThresholdsFile:
-    """A validated thresholds file.
+    """A validated thresholds file: its `rule` and where it came from.
 
     Attributes:
         path: where it was read from.
+        rule: the `ExitRule` it holds.
         thresholds: (K-1,) float64 in [0, 1], exits shallow -> deep (the deepest needs none).
         confidence: one of `policy.CONFIDENCE_MEASURES`.
         ensemble: whether exit k answers with the mean softmax of exits 1..k.
@@ -49,6 +162,7 @@ class ThresholdsFile:
     """
 
     path: Path
+    rule: ExitRule
     thresholds: np.ndarray
     confidence: str
     ensemble: bool
@@ -63,7 +177,7 @@ class ThresholdsFile:
     test: dict
 
 
-def load_thresholds(
+def read_rule(
     path: str | os.PathLike,
     *,
     cache_sha256: str | None = None,
@@ -113,6 +227,12 @@ def load_thresholds(
         ) from None
     if not isinstance(doc, dict):
         raise ValueError(f"{where} must hold a JSON object; got a JSON {type(doc).__name__}")
+    if "format" in doc and doc["format"] != FORMAT:
+        raise ValueError(f"{where} has format {_clip(doc['format'])}, not {FORMAT!r}; pass a thresholds.json written by "
+                         "`tradeoff search`")
+    if "version" in doc and doc["version"] != VERSION:
+        raise ValueError(f"{where} has version {_clip(doc['version'])}; this tradeoff reads version {VERSION} - "
+                         "rerun `tradeoff search` to rewrite it")
     missing = [key for key in REQUIRED_KEYS if key not in doc]
     if missing:
         raise ValueError(
@@ -166,6 +286,8 @@ def load_thresholds(
             raise ValueError(f"{where}: {split} must be a JSON object of figures; got {_clip(doc[split])}")
     return ThresholdsFile(
         path=path,
+        rule=ExitRule(tuple(thresholds), confidence=measure, ensemble=doc["ensemble"],
+                      temperatures=None if temperatures is None else tuple(temperatures)),
         thresholds=thresholds,
         confidence=measure,
         ensemble=doc["ensemble"],

@@ -34,8 +34,6 @@ from tradeoff.fileio import pid_alive, sibling_tempdir, write_json_atomic, write
 THRESHOLDS_FILE = "thresholds.json"
 PARETO_FILE = "pareto.csv"
 SUMMARY_FILE = "summary.json"
-THRESHOLDS_FORMAT = "tradeoff-thresholds"
-THRESHOLDS_VERSION = 1
 
 
 # --------------------------------------------------------------------------- tables
@@ -152,30 +150,27 @@ def thresholds_document(result) -> dict:
     is applied to the right model (num_exits, exit_names, arch, checkpoint_sha256,
     num_classes) and how the point was picked. No timings: byte-identical across runs.
     """
+    from tradeoff.policy.rule import rule_document
+
     chosen = result.chosen
     meta = result.cache_meta
-    return {
-        "format": THRESHOLDS_FORMAT,
-        "version": THRESHOLDS_VERSION,
-        "thresholds": _floats(chosen.thresholds),
-        "confidence": result.settings.confidence,
-        "ensemble": bool(result.settings.ensemble),
-        "calibration": None if result.temperatures is None else {"temperatures": _floats(result.temperatures)},
-        "cache": result.cache_path,
-        "cache_sha256": result.cache_sha256,
-        "num_exits": result.num_exits,
-        "exit_names": list(result.exit_names),
-        "exit_flops": _floats(result.flops),
-        "baseline_flops": float(result.baseline_flops),
-        "num_classes": meta.get("num_classes"),
-        "arch": meta.get("arch"),
-        "checkpoint_sha256": meta.get("checkpoint_sha256"),
-        "method": chosen.method,
-        "pick": result.settings.pick.as_dict(),
-        "seed": result.settings.seed,
-        "val": _figures(chosen.val),
-        "test": _figures(chosen.test, with_ci=chosen.test_accuracy_ci95),
-    }
+    return rule_document(
+        result.rule,
+        cache=result.cache_path,
+        cache_sha256=result.cache_sha256,
+        num_exits=result.num_exits,
+        exit_names=list(result.exit_names),
+        exit_flops=_floats(result.flops),
+        baseline_flops=float(result.baseline_flops),
+        num_classes=meta.get("num_classes"),
+        arch=meta.get("arch"),
+        checkpoint_sha256=meta.get("checkpoint_sha256"),
+        method=chosen.method,
+        pick=result.settings.pick.as_dict(),
+        seed=result.settings.seed,
+        val=_figures(chosen.val),
+        test=_figures(chosen.test, with_ci=chosen.test_accuracy_ci95),
+    )
 
 
 def pareto_csv(result, method: str = "nsga") -> str:

@@ -34,7 +34,6 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -42,7 +41,8 @@ import torch
 from torch import nn
 
 from tradeoff.errors import first_line
-from tradeoff.policy.scoring import CONFIDENCE_MEASURES, exit_outputs
+from tradeoff.policy.confidence import exit_outputs
+from tradeoff.policy.rule import ExitRule
 
 
 class EarlyExitOutput(NamedTuple):
@@ -88,39 +88,35 @@ class EarlyExitModel(nn.Module):
 
     Args:
         model: a module with `stages()` returning K (section, head) pairs.
-        thresholds: (K-1,) confidences in [0, 1], shallow -> deep.
-        confidence: "maxprob", "margin" or "entropy" (DESIGN.md).
-        ensemble: exit k answers with the mean softmax of exits 1..k and measures its
-            confidence on that mean.
-        temperatures: (K,) positive per-exit calibration temperatures, or None.
+        rule: the `ExitRule` (thresholds, confidence measure, ensemble, temperatures),
+            e.g. `read_rule(path).rule` or `SearchResult.rule`.
         compiled: run sections and heads as frozen TorchScript graphs (`compile_stages`),
             traced on the first batch of each new sample shape; the original network
             (`deepest`) runs compiled too. Logits then differ from the eager ones in the
             last bits (batch norm folded into the convolutions; see the module docstring).
 
     Raises:
-        ValueError: a model without stages, thresholds of the wrong length or outside
-            [0, 1], an unknown confidence measure, bad temperatures.
+        TypeError: `rule` is not an ExitRule.
+        ValueError: a model without stages, or a rule made for another number of exits.
     """
 
-    def __init__(self, model: nn.Module, thresholds, *, confidence: str = "maxprob", ensemble: bool = False,
-                 temperatures=None, compiled: bool = False):
+    def __init__(self, model: nn.Module, rule: ExitRule, *, compiled: bool = False):
         super().__init__()
+        if not isinstance(rule, ExitRule):
+            raise TypeError(
+                f"rule must be a tradeoff ExitRule (e.g. ExitRule(thresholds, confidence=...)); got {type(rule).__name__}"
+            )
         stages = model_stages(model)
         K = len(stages)
-        t = np.asarray(thresholds, dtype=np.float64)
-        if t.shape != (K - 1,):
+        if rule.num_exits != K:
             raise ValueError(
-                f"thresholds must hold K-1 = {K - 1} numbers for this {K}-exit model; got shape {t.shape} - "
+                f"thresholds must hold K-1 = {K - 1} numbers for this {K}-exit model; got {rule.num_exits - 1} - "
                 "were they searched on another model?"
             )
-        if not np.all((t >= 0.0) & (t <= 1.0)):
-            raise ValueError(f"thresholds must lie in [0, 1]; got {t.tolist()}")
-        if confidence not in CONFIDENCE_MEASURES:
-            raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {confidence!r}")
-        temps = np.ones(K) if temperatures is None else np.asarray(temperatures, dtype=np.float64)
-        if temps.shape != (K,) or not np.all(np.isfinite(temps)) or np.any(temps <= 0):
-            raise ValueError(f"temperatures must be {K} positive numbers, one per exit; got {np.ravel(temps).tolist()}")
+        t = rule.threshold_array()
+        temps = rule.temperature_array()
+        confidence, ensemble = rule.confidence, rule.ensemble
+        self.rule = rule
         self.model = model.eval()
         self.num_exits = K
         self.confidence = confidence
@@ -690,74 +686,7 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def run_command(args) -> int:
-    """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
-    from tradeoff.checkpoint import load_checkpoint
-    from tradeoff.data import load_data
-    from tradeoff.fileio import sha256_file, write_json_atomic
-    from tradeoff.flops import exit_costs
-    from tradeoff.policy.rule import load_thresholds
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1; got {args.repeats}")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1; got {args.threads}")
-    torch.set_num_threads(args.threads)
-    loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
-    K = len(model_stages(loaded.model))
-    cache_sha = None
-    if args.cache:
-        if not Path(args.cache).is_file():
-            raise FileNotFoundError(f"--cache {args.cache} does not exist; pass the cache the thresholds were searched on")
-        cache_sha = sha256_file(args.cache)
-    tf = load_thresholds(args.thresholds, num_exits=K, cache_sha256=cache_sha, checkpoint_sha256=loaded.sha256)
-    spec = args.data or loaded.data or "digits"
-    data = load_data(spec, splits=("test",))
-    if data.y.max() >= loaded.num_classes:
-        raise ValueError(
-            f"--data {spec} has labels up to {int(data.y.max())} but the model has {loaded.num_classes} classes; "
-            "pass the data the model was trained for"
-        )
-    costs = exit_costs(loaded.model, data.input_shape)
-    compiled = bool(getattr(args, "compiled", False))
-    runner = EarlyExitModel(loaded.model, tf.thresholds, confidence=tf.confidence, ensemble=tf.ensemble,
-                            temperatures=tf.temperatures, compiled=compiled)
-    report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
-                              batch_size=args.batch_size, repeats=args.repeats, progress=True)
-    agreement = cache_agreement(args.cache, tf, data.y, report) if args.cache else None
-    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
-    doc = report_document(
-        report,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        repeats=args.repeats,
-        compiled=compiled,
-        thresholds=[float(t) for t in tf.thresholds],
-        confidence=tf.confidence,
-        ensemble=tf.ensemble,
-        thresholds_file=str(tf.path),
-        checkpoint=str(loaded.path),
-        checkpoint_sha256=loaded.sha256,
-        arch=loaded.arch,
-        data=spec,
-        split="test",
-        data_fingerprint=data.fingerprint,
-        search_test=tf.test,
-        cache_agreement=agreement,
-        torch_version=torch.__version__,
-    )
-    write_json_atomic(out, doc)
-    print(report_table(report, tf.thresholds, search_test=tf.test))
-    if agreement is not None:
-        print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
-              f"{agreement['predictions']:.2%} of answers")
-    print(f"\nwrote {out}")
-    return 0
-
-
-def cache_agreement(cache_path, tf, labels: np.ndarray, report: RuntimeReport) -> dict:
+def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: RuntimeReport) -> dict:
     """How often the runtime's exits and answers equal the exit rule on the cached test logits.
 
     Differences can only come from float32 rounding: a convolution's result depends at
@@ -765,25 +694,19 @@ def cache_agreement(cache_path, tf, labels: np.ndarray, report: RuntimeReport) -
     fall on either side.
     """
     from tradeoff.cache.format import load_cache
-    from tradeoff.policy.scoring import exit_indices, exit_table
+    from tradeoff.policy.table import exit_indices, rule_table
 
     test = load_cache(cache_path).select("test")
     if not np.array_equal(test.labels, labels):
         raise ValueError(
-            f"--cache {cache_path}: its test split ({test.num_samples} rows) is not the --data test split "
+            f"cache {cache_path}: its test split ({test.num_samples} rows) is not the data's test split "
             f"({labels.size} rows) in the same order; pass the data the cache was built from"
         )
-    table = exit_table(test.logits, test.labels, test.flops, confidence=tf.confidence, ensemble=tf.ensemble,
-                       temperatures=tf.temperatures)
-    exits = exit_indices(table, tf.thresholds)
-    probs_answer = _cached_answers(test.logits, exits, tf)
+    exits = exit_indices(rule_table(test.logits, test.labels, test.flops, rule), rule.threshold_array())
+    _, pred = exit_outputs(test.logits, confidence=rule.confidence, ensemble=rule.ensemble,
+                           temperatures=None if rule.temperatures is None else rule.temperature_array())
+    answers = pred[exits, np.arange(exits.size)]
     return {
         "exits": float(np.mean(exits == report.exits)),
-        "predictions": float(np.mean(probs_answer == report.predictions)),
+        "predictions": float(np.mean(answers == report.predictions)),
     }
-
-
-def _cached_answers(logits: np.ndarray, exits: np.ndarray, tf) -> np.ndarray:
-    """The answer each sample gets at its exit from cached (K, N, C) logits."""
-    _, pred = exit_outputs(logits, confidence=tf.confidence, ensemble=tf.ensemble, temperatures=tf.temperatures)
-    return pred[exits, np.arange(exits.size)]

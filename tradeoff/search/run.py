@@ -17,22 +17,20 @@ command starts fast.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from tradeoff.cache.format import ExitCache, load_cache
+from tradeoff.cache.format import ExitCache
 from tradeoff.fileio import sha256_file
+from tradeoff.policy.rule import ExitRule
 from tradeoff.policy.scoring import CONFIDENCE_MEASURES, ExitTable, Scores, exit_indices, exit_table
 
 METHODS = ("nsga", "global", "msdnet", "random", "grid")
 GRID_MAX_SEARCHED = 3  # the grid baseline runs when K-1 <= this (at its default resolution)
 BOOTSTRAP_RESAMPLES = 2000
-DEFAULT_CACHE_DIR = Path("results") / "cache"
 PICK_KINDS = ("target_acc", "max_drop", "budget_flops")
 
 
@@ -247,6 +245,12 @@ class SearchResult:
     chosen: ChosenPoint
     exits: tuple[ExitAlone, ...]
     timings: dict
+
+    @property
+    def rule(self) -> ExitRule:
+        """The chosen point as one `ExitRule`: what `write_rule`, `EarlyExitModel` and `score_rule` take."""
+        return ExitRule(self.chosen.thresholds, confidence=self.settings.confidence, ensemble=self.settings.ensemble,
+                        temperatures=self.temperatures)
 
     @property
     def num_exits(self) -> int:
@@ -570,73 +574,3 @@ def bootstrap_accuracy_ci(
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
-
-
-# --------------------------------------------------------------------------- the command
-def newest_cache(directory: str | os.PathLike = DEFAULT_CACHE_DIR) -> tuple[Path, int]:
-    """The newest `.npz` under `directory` (by mtime, ties by name) and how many there are.
-
-    Raises:
-        FileNotFoundError: if there is none, saying to run `tradeoff cache` first.
-    """
-    directory = Path(directory)
-    # Hidden names are temporaries; `.shard-R-of-W.npz` are the blocks of a torchrun run that was
-    # killed before its merge (tradeoff.cache.shard): neither is a cache.
-    files = sorted(
-        p for p in directory.glob("*.npz")
-        if p.is_file() and not p.name.startswith(".") and not re.search(r"\.shard-\d+-of-\d+\.npz$", p.name)
-    ) if directory.is_dir() else []
-    if not files:
-        raise FileNotFoundError(
-            f"no cache given and none found under {directory}/; run `tradeoff cache --ckpt MODEL` first "
-            "(or `tradeoff import`), or pass --cache FILE"
-        )
-    newest = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return newest, len(files)
-
-
-def default_run_dir(cache_path: str | os.PathLike, pick: Pick) -> Path:
-    """results/<cache-stem>-<pick label>, e.g. results/model-digits-acc0.78."""
-    return Path("results") / f"{Path(cache_path).stem}-{pick.label}"
-
-
-def search_command(args) -> int:
-    """`tradeoff search`: pick the cache, search, write the run directory, print a summary."""
-    from tradeoff.report import documents as report
-
-    pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops)
-    if args.cache:
-        cache_path = Path(args.cache)
-    else:
-        cache_path, count = newest_cache()
-        print(f"using cache {cache_path} (newest of {count})")
-    t0 = time.perf_counter()
-    cache = load_cache(cache_path)
-    load_seconds = time.perf_counter() - t0
-    result = run_search(
-        cache,
-        pick=pick,
-        method=args.method,
-        confidence=args.confidence,
-        ensemble=args.ensemble,
-        calibrate=args.calibrate,
-        pop=args.pop,
-        gens=args.gens,
-        seed=args.seed,
-        restarts=args.restarts,
-        jobs=args.jobs,
-        cache_path=cache_path,
-    )
-    result = replace(result, timings={"load": load_seconds, **result.timings})
-    out = Path(args.out) if args.out else default_run_dir(cache_path, pick)
-    extra = []
-    if not getattr(args, "no_plots", False):
-        from tradeoff.report import pareto_plot as plots
-
-        extra.append(lambda run_dir: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir))
-    report.write_run(out, result, extra=extra)
-    print(report.summary_text(result))
-    written = ", ".join([report.THRESHOLDS_FILE, report.PARETO_FILE, report.SUMMARY_FILE] + ([] if not extra else ["pareto.png", "exits.png"]))
-    print(f"\nwrote {out}/ ({written})")
-    sys.stdout.flush()
-    return 0

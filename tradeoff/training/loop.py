@@ -481,7 +481,7 @@ def train_model(
         config: settings; default `default_config(data)` (paper's CIFAR schedule / short one).
         trust: allow unpickling `main` (only for files you trust).
         progress: show a tqdm bar on stderr.
-        log: callable taking one line (default: print to stderr).
+        log: callable taking one line of progress text (default: none; `tradeoff train` prints them).
         dataset: an already loaded `tradeoff.data.Dataset` with train and val rows (tests).
 
     Returns:
@@ -496,7 +496,7 @@ def train_model(
 
     from tradeoff.models import resolve_builder
 
-    log = log or (lambda line: print(line, file=sys.stderr))
+    log = log or (lambda line: None)
     resolve_builder(arch)  # an unknown name fails before anything is created
     out = _check_out_path(out)
     if dataset is None:
@@ -590,43 +590,3 @@ def _save(save_checkpoint, out, model, arch, arch_kwargs, dataset, config, epoch
     kwargs = {k: v for k, v in arch_kwargs.items() if k != "num_classes"}  # stored on its own
     save_checkpoint(out, model, arch=arch, arch_kwargs=kwargs, num_classes=int(dataset.num_classes),
                     data=dataset.spec, extra=extra)
-
-
-# --------------------------------------------------------------------------- CLI
-def train_command(args) -> int:
-    """`tradeoff train`: parse-level settings -> `train_model`, then a one-line summary."""
-    arch_kwargs = {}
-    if getattr(args, "width_fraction", None) is not None:
-        if not args.arch.startswith("adjoined"):
-            raise ValueError(f"--width-fraction is only for adjoined_* models; got --arch {args.arch}")
-        if not 0.0 < args.width_fraction < 1.0:
-            raise ValueError(f"--width-fraction must be in (0, 1); got {args.width_fraction}")
-        arch_kwargs["width_fraction"] = float(args.width_fraction)
-    if getattr(args, "tap", None) is not None:
-        if args.arch != "sidenet":
-            raise ValueError(f"--tap is only for --arch sidenet; got --arch {args.arch}")
-        arch_kwargs["tap"] = int(args.tap)
-    from tradeoff.data import load_data
-    from tradeoff.models import resolve_builder
-
-    resolve_builder(args.arch)
-    dataset = load_data(args.data, splits=("train", "val"))
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1; got {threads}")
-    if threads is None and not dataset.name.startswith("cifar"):
-        threads = 1  # small models: thread start-up costs more than the convolutions
-    if threads:
-        torch.set_num_threads(int(threads))
-    config = default_config(
-        dataset.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-    )
-    result = train_model(
-        args.arch, args.data, args.out, arch_kwargs=arch_kwargs, main=args.main, config=config,
-        trust=bool(getattr(args, "trust_checkpoint", False)), log=print, dataset=dataset,
-        progress=not getattr(args, "no_progress", False),
-    )
-    shown = " / ".join(f"{a * 100:.2f}" for a in result.best_val_accuracy)
-    print(f"saved {result.path} (epoch {result.best_epoch} of {result.epochs}, chosen on {result.selected_by}; "
-          f"val accuracy per exit {shown}%) in {result.seconds:.1f} s")
-    return 0

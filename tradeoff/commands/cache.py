@@ -1,0 +1,75 @@
+"""`tradeoff cache`: checkpoint + data -> cache file (the command side of `tradeoff.cache.build.cache_checkpoint`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tradeoff.commands.defaults import default_cache_path
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cache", help="run a multi-exit model over a dataset once; store every exit's logits and cost")
+    p.add_argument("--ckpt", required=True, help="checkpoint: tradeoff .pt, bare state_dict (.pth/.pt) or .safetensors")
+    p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
+    p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
+    p.add_argument("--data", help="digits | cifar100:DIR | cifar10:DIR | npz:PATH (default: the checkpoint's, else digits)")
+    p.add_argument("--out", help="cache file to write (default: results/cache/<ckpt>-<data>.npz)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--logits-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--include-train", action="store_true", help="also cache the train split")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """`tradeoff cache`: checkpoint + data -> cache file, reused when it already exists.
+
+    Under torchrun every process runs this; each step ends with all processes agreeing
+    (one failure fails them all), and on failure each says why before any exits, since
+    torchrun ends the others as soon as one process is gone.
+    """
+    from tradeoff.cache import shard
+    from tradeoff.cache.build import check_options
+
+    ctx = shard.detect_torchrun()
+    check_options(batch_size=args.batch_size, device=args.device, logits_dtype=args.logits_dtype)
+    if ctx is None:
+        return _cache(args, None, None)
+    with shard.process_group(ctx, args.device) as device:
+        try:
+            return _cache(args, ctx, device)
+        except (ValueError, TypeError, OSError, RuntimeError) as exc:
+            print(f"tradeoff cache: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
+                  flush=True)
+            shard.barrier(ctx, device)
+            return 1
+
+
+def _cache(args, ctx, device) -> int:
+    from tradeoff.cache.build import cache_checkpoint
+    from tradeoff.cache.importer import exit_summary_table
+
+    main = ctx is None or ctx.is_main
+    outcome = cache_checkpoint(
+        args.ckpt,
+        Path(args.out) if args.out else (lambda data_name: default_cache_path(args.ckpt, data_name)),
+        data=args.data, arch=args.arch, num_classes=args.num_classes, batch_size=args.batch_size,
+        device=args.device, logits_dtype=args.logits_dtype, include_train=args.include_train,
+        trust=args.trust_checkpoint, dist=ctx, dist_device=device, log=lambda line: print(line, file=sys.stderr),
+    )
+    if not main:
+        return 0
+    cache, out = outcome.cache, outcome.path
+    if outcome.reused:
+        print(f"reusing {out}: it already holds this checkpoint's logits on {outcome.data_name} "
+              "(same sha256, data fingerprint and dtype); delete it to recompute")
+        print(exit_summary_table(cache))
+        return 0
+    where = "" if outcome.world_size == 1 else f" on {outcome.world_size} processes"
+    seconds = outcome.seconds
+    print(f"cached {cache.num_samples} rows{where} in {seconds:.2f} s ({cache.num_samples / seconds:.1f} img/s)")
+    print(exit_summary_table(cache))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,38 @@
+"""`tradeoff import`: a cache from the user's own logits arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("import", help="build a cache from your own logits arrays (any framework)")
+    p.add_argument("logits", nargs="+", help="one (K, N, C) .npy/.pt file, or one (N, C) file per exit, shallow -> deep")
+    p.add_argument("--labels", required=True, help=".npy/.pt file of N integer labels")
+    p.add_argument("--split", help=".npy file of N strings 'val'/'test' (default: fixed seeded half/half)")
+    p.add_argument("--flops", required=True, help="per-exit cumulative costs: comma-separated numbers or a JSON file")
+    p.add_argument("--baseline-flops", type=float, help="cost of the original single-exit network (default: last exit's)")
+    p.add_argument("--out", required=True, help="cache file to write (.npz)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling .pt files you trust")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """`tradeoff import`: write a cache from the user's arrays and show each exit's figures."""
+    from tradeoff.cache.format import write_cache
+    from tradeoff.cache.importer import exit_summary_table, import_cache, is_cache_file, parse_flops
+
+    flops, file_baseline = parse_flops(args.flops)
+    baseline = args.baseline_flops if args.baseline_flops is not None else file_baseline
+    out = Path(args.out)
+    inputs = [Path(p) for p in [*args.logits, args.labels, *([args.split] if args.split else [])]]
+    if out.exists() and any(out.resolve() == p.resolve() for p in inputs if p.exists()):
+        raise ValueError(f"--out {out} is one of the input files; choose another output path")
+    if out.exists() and not is_cache_file(out):
+        raise ValueError(f"--out {out} exists and is not a tradeoff cache; delete it or choose another output path")
+    cache = import_cache(args.logits, args.labels, split_path=args.split, flops=flops, baseline_flops=baseline,
+                         trust=args.trust_checkpoint)
+    write_cache(out, cache)
+    print(exit_summary_table(cache))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,75 @@
+"""`tradeoff search`: search thresholds on a cache, write the run directory, print the summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from tradeoff.commands.defaults import default_run_dir, newest_cache
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help="find per-exit thresholds (NSGA-II) and the accuracy-cost Pareto front")
+    p.add_argument("--cache", help="cache file (default: the newest under results/cache/)")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--target-acc", type=float, help="cheapest point with val accuracy >= this (0, 1]")
+    pick.add_argument("--max-drop", type=float, help="val accuracy within this many percentage points of the deepest exit")
+    pick.add_argument("--budget-flops", type=float, help="most accurate point costing at most this many FLOPs")
+    p.add_argument("--method", default="nsga", help="nsga | global | msdnet | random | grid (all are drawn)")
+    p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy"))
+    p.add_argument("--ensemble", action="store_true", help="exit k answers with the mean softmax of exits 1..k")
+    p.add_argument("--calibrate", action="store_true", help="fit per-exit temperatures on val")
+    p.add_argument("--pop", type=int, default=100, help="NSGA-II population size (>= 4; default 100)")
+    p.add_argument("--gens", type=int, default=100, help="NSGA-II generations (>= 1; default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search, random search and bootstrap (default 0)")
+    p.add_argument("--restarts", type=int, default=1, help="independently seeded NSGA-II runs, fronts merged")
+    p.add_argument("--jobs", type=int, default=1, help="processes for --restarts (results do not depend on it)")
+    p.add_argument("--out", help="results directory (default: results/<cache-stem>-<pick>, e.g. results/x-acc0.78)")
+    p.add_argument("--no-plots", action="store_true", help="skip pareto.png and exits.png (redraw later: tradeoff plot)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """`tradeoff search`: pick the cache, search, write the run directory, print a summary."""
+    from tradeoff.cache.format import load_cache
+    from tradeoff.report import documents as report
+    from tradeoff.search.run import Pick, run_search
+
+    pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops)
+    if args.cache:
+        cache_path = Path(args.cache)
+    else:
+        cache_path, count = newest_cache()
+        print(f"using cache {cache_path} (newest of {count})")
+    t0 = time.perf_counter()
+    cache = load_cache(cache_path)
+    load_seconds = time.perf_counter() - t0
+    result = run_search(
+        cache,
+        pick=pick,
+        method=args.method,
+        confidence=args.confidence,
+        ensemble=args.ensemble,
+        calibrate=args.calibrate,
+        pop=args.pop,
+        gens=args.gens,
+        seed=args.seed,
+        restarts=args.restarts,
+        jobs=args.jobs,
+        cache_path=cache_path,
+    )
+    result = replace(result, timings={"load": load_seconds, **result.timings})
+    out = Path(args.out) if args.out else default_run_dir(cache_path, pick.label)
+    extra = []
+    if not getattr(args, "no_plots", False):
+        from tradeoff.report import plots
+
+        extra.append(lambda run_dir: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir))
+    report.write_run(out, result, extra=extra)
+    print(report.summary_text(result))
+    written = ", ".join([report.THRESHOLDS_FILE, report.PARETO_FILE, report.SUMMARY_FILE] + ([] if not extra else ["pareto.png", "exits.png"]))
+    print(f"\nwrote {out}/ ({written})")
+    sys.stdout.flush()
+    return 0

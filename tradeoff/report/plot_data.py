@@ -1,0 +1,265 @@
+"""What the plots draw, gathered first (optuna's habit): `pareto_plot_data` and
+`exits_plot_data` collect exactly what will be drawn into frozen dataclasses, from a
+`SearchResult` or from the files of a run directory (so `tradeoff plot RUN` redraws without
+the cache). NumPy only: no matplotlib here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from tradeoff.report import documents as report
+
+# --------------------------------------------------------------------------- gathered data
+@dataclass(frozen=True)
+class FrontSeries:
+    """One method's front: val points (and, for the reported front, the same points on test).
+
+    Costs in MFLOPs (fvcore count / 1e6), sorted by val cost.
+    """
+
+    method: str
+    val_mflops: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+    test_mflops: tuple[float, ...] | None = None
+    test_accuracy: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ExitPoint:
+    """Exit k answering every sample."""
+
+    name: str
+    mflops: float
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class ChosenMark:
+    """The picked point on val and on test (with the test accuracy's 95% interval)."""
+
+    method: str
+    val_mflops: float
+    val_accuracy: float
+    test_mflops: float
+    test_accuracy: float
+    test_ci95: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ParetoPlotData:
+    """Everything `plot_pareto` draws.
+
+    Attributes:
+        title: names the cache / architecture.
+        baseline_mflops: the original network's cost, for the speed-up axis.
+        fronts: the reported (NSGA-II, pareto.csv) front first, with its test points;
+            then the baselines' val fronts.
+        exits: each exit alone, shallow -> deep.
+        chosen: the picked point.
+        target_accuracy: the accuracy line the pick had to reach (target, or deepest exit
+            minus the allowed drop), or None for a budget pick.
+        budget_mflops: the budget line for a budget pick, else None.
+        target_label: legend text of that line (None when there is no line).
+    """
+
+    title: str
+    baseline_mflops: float
+    fronts: tuple[FrontSeries, ...]
+    exits: tuple[ExitPoint, ...]
+    chosen: ChosenMark
+    target_accuracy: float | None
+    budget_mflops: float | None
+    target_label: str | None
+
+
+@dataclass(frozen=True)
+class ExitsPlotData:
+    """Everything `plot_exits` draws: where samples leave at the chosen point.
+
+    Attributes:
+        title: names the cache / architecture.
+        exit_names: (K,) names.
+        exit_mflops: (K,) cost of leaving at each exit, MFLOPs.
+        thresholds: (K-1,) the chosen thresholds.
+        val_fractions, test_fractions: (K,) share of samples leaving at each exit.
+    """
+
+    title: str
+    exit_names: tuple[str, ...]
+    exit_mflops: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    val_fractions: tuple[float, ...]
+    test_fractions: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The parsed files of a run directory (what `tradeoff plot` reads)."""
+
+    run_dir: Path
+    thresholds: dict
+    summary: dict
+    pareto: dict
+
+
+def read_run_files(run_dir: str | os.PathLike, *, lock: bool = True) -> RunFiles:
+    """Read `thresholds.json`, `summary.json` and `pareto.csv` of a run directory.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or malformed file, in one line.
+    """
+    run_dir = Path(run_dir)
+    thresholds, summary, csv_text = report.read_run(run_dir, lock=lock)
+    pareto = report.parse_pareto_csv(csv_text, source=str(run_dir / report.PARETO_FILE))
+    return RunFiles(run_dir, thresholds, summary, pareto)
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def _mflops(values) -> tuple[float, ...]:
+    return tuple(float(v) / 1e6 for v in values)
+
+
+def _title(arch, cache_path) -> str:
+    name = Path(cache_path).name if cache_path else "in-memory cache"
+    return f"{arch or 'unknown arch'} - {name}"
+
+
+def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, float | None, str | None]:
+    """(accuracy line, budget line in MFLOPs, legend text) of a pick (`Pick.as_dict()`)."""
+    if "target_acc" in pick:
+        target = float(pick["target_acc"])
+        return target, None, f"target accuracy {target:g}"
+    if "budget_flops" in pick:
+        budget = float(pick["budget_flops"]) / 1e6
+        return None, budget, f"budget {budget:.4g} MFLOPs"
+    if "max_drop" in pick:
+        drop = float(pick["max_drop"])
+        level = deepest_val_acc - drop / 100.0
+        if pick.get("default") or drop == 0:
+            return level, None, f"deepest exit alone on val ({level:.4f})"
+        return level, None, f"deepest exit - {drop:g} points ({level:.4f})"
+    return None, None, None
+
+
+def _source(data, gather: str):
+    """A SearchResult passes through; a path or RunFiles becomes RunFiles."""
+    if isinstance(data, (str, os.PathLike)):
+        return read_run_files(data)
+    if isinstance(data, RunFiles) or hasattr(data, "fronts") and hasattr(data, "chosen"):
+        return data
+    raise TypeError(f"{gather} takes a SearchResult, a RunFiles or a run directory path; got {type(data).__name__}")
+
+
+def pareto_plot_data(source) -> ParetoPlotData:
+    """Gather what `plot_pareto` draws from a SearchResult, or from a run directory's files.
+
+    Raises:
+        TypeError: `source` is none of those.
+        FileNotFoundError / ValueError: a run directory with a missing or malformed file.
+    """
+    source = _source(source, "pareto_plot_data")
+    if isinstance(source, RunFiles):
+        return _files_guard(source, _pareto_from_files)
+    result = source
+    reported = result.front("nsga")
+    fronts = [
+        FrontSeries(
+            "nsga",
+            _mflops(reported.val.flops),
+            _floats(reported.val.accuracy),
+            _mflops(reported.test.flops),
+            _floats(reported.test.accuracy),
+        )
+    ]
+    fronts += [FrontSeries(f.method, _mflops(f.val.flops), _floats(f.val.accuracy)) for f in result.fronts if f.method != "nsga"]
+    exits = tuple(ExitPoint(e.name, e.flops / 1e6, e.val_accuracy, e.test_accuracy) for e in result.exits)
+    c = result.chosen
+    target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
+    return ParetoPlotData(
+        title=_title(result.cache_meta.get("arch"), result.cache_path),
+        baseline_mflops=result.baseline_flops / 1e6,
+        fronts=tuple(fronts),
+        exits=exits,
+        chosen=ChosenMark(c.method, c.val.flops / 1e6, c.val.accuracy, c.test.flops / 1e6, c.test.accuracy, _floats(c.test_accuracy_ci95)),
+        target_accuracy=target,
+        budget_mflops=budget,
+        target_label=label,
+    )
+
+
+def exits_plot_data(source) -> ExitsPlotData:
+    """Gather what `plot_exits` draws from a SearchResult, or from a run directory's files."""
+    source = _source(source, "exits_plot_data")
+    if isinstance(source, RunFiles):
+        return _files_guard(source, _exits_from_files)
+    result = source
+    return ExitsPlotData(
+        title=_title(result.cache_meta.get("arch"), result.cache_path),
+        exit_names=tuple(result.exit_names),
+        exit_mflops=_mflops(result.flops),
+        thresholds=_floats(result.chosen.thresholds),
+        val_fractions=_floats(result.chosen.val.exit_fractions),
+        test_fractions=_floats(result.chosen.test.exit_fractions),
+    )
+
+
+def _files_guard(files: RunFiles, gather):
+    """Turn a missing key or a wrong type in the JSON files into one clear line."""
+    try:
+        return gather(files)
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+        what = f"key {exc}" if isinstance(exc, KeyError) else str(exc).split("\n")[0]
+        raise ValueError(
+            f"{files.run_dir} does not hold a complete tradeoff run (summary.json / thresholds.json: {what}); "
+            f"rerun `tradeoff search --out {files.run_dir}`"
+        ) from None
+
+
+def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
+    summary, chosen_doc, csv = files.summary, files.thresholds, files.pareto
+    fronts = [
+        FrontSeries("nsga", _mflops(csv["flops"]), _floats(csv["val_accuracy"]), _mflops(csv["test_flops"]), _floats(csv["test_accuracy"]))
+    ]
+    for front in summary["fronts"]:
+        if front["method"] != "nsga":
+            fronts.append(FrontSeries(str(front["method"]), _mflops(front["val_flops"]), _floats(front["val_accuracy"])))
+    exits = tuple(ExitPoint(str(e["name"]), float(e["flops"]) / 1e6, float(e["val_accuracy"]), float(e["test_accuracy"])) for e in summary["exits"])
+    val, test = chosen_doc["val"], chosen_doc["test"]
+    target, budget, label = _target_lines(summary["settings"]["pick"], exits[-1].val_accuracy)
+    return ParetoPlotData(
+        title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
+        baseline_mflops=float(summary["cache"]["baseline_flops"]) / 1e6,
+        fronts=tuple(fronts),
+        exits=exits,
+        chosen=ChosenMark(
+            str(summary["chosen"]["method"]),
+            float(val["flops"]) / 1e6,
+            float(val["accuracy"]),
+            float(test["flops"]) / 1e6,
+            float(test["accuracy"]),
+            _floats(test["accuracy_ci95"]),
+        ),
+        target_accuracy=target,
+        budget_mflops=budget,
+        target_label=label,
+    )
+
+
+def _exits_from_files(files: RunFiles) -> ExitsPlotData:
+    summary, chosen_doc = files.summary, files.thresholds
+    return ExitsPlotData(
+        title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
+        exit_names=tuple(str(n) for n in summary["cache"]["exit_names"]),
+        exit_mflops=_mflops(summary["cache"]["flops"]),
+        thresholds=_floats(chosen_doc["thresholds"]),
+        val_fractions=_floats(chosen_doc["val"]["exit_fractions"]),
+        test_fractions=_floats(chosen_doc["test"]["exit_fractions"]),
+    )
