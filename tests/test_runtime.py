@@ -283,9 +283,9 @@ def test_measure_latency_and_report(model, digits, full_logits):
     assert isinstance(lat.mkldnn, bool) and isinstance(lat.baseline_mkldnn, bool)
     fixed = measure_latency(runner, x[:4], batch_size=2, repeats=1, warmup=0, tune_backend=False)
     assert fixed.mkldnn == fixed.baseline_mkldnn == torch.backends.mkldnn.enabled
-    with pytest.raises(ValueError, match="--repeats must be >= 1; got 0"):
+    with pytest.raises(ValueError, match="^repeats must be >= 1; got 0"):
         measure_latency(runner, x[:4], repeats=0)
-    with pytest.raises(ValueError, match="--batch-size must be >= 1; got 0"):
+    with pytest.raises(ValueError, match="^batch_size must be >= 1; got 0"):
         measure_latency(runner, x[:4], batch_size=0)
 
     flops = np.array([1.0, 3.0, 6.0])

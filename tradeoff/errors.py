@@ -4,6 +4,8 @@ Library code raises ValueError / TypeError / FileNotFoundError for bad input, as
 scikit-learn does; the two classes here exist only where the exit code must differ.
 """
 
+import numbers
+
 
 class TargetUnreachable(ValueError):
     """The requested accuracy or budget cannot be met; the CLI exits with code 3."""
@@ -13,6 +15,14 @@ class TargetUnreachable(ValueError):
 
 class UnsafeCheckpointError(ValueError):
     """Loading would unpickle arbitrary objects and the user did not opt in."""
+
+
+def is_integer(value) -> bool:
+    """Whether `value` is a Python or NumPy integer; bools are not (they are ints in Python).
+
+    The one integer test behind every "must be an integer" message.
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tradeoff.cache import shard
 from tradeoff.cache.format import ExitCache, load_cache, make_meta, validate_cache, write_cache
-from tradeoff.errors import first_line
+from tradeoff.errors import first_line, is_integer
 
 LOGITS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Meta fields that may differ between runs that produced the same cache.
@@ -83,7 +83,7 @@ def check_options(*, batch_size: int, device: str, logits_dtype: str) -> None:
     Raises:
         ValueError: a non-positive batch size, an unknown dtype, or an unusable device.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer; got {batch_size!r}")
     if logits_dtype not in LOGITS_DTYPES:
         raise ValueError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}; got {logits_dtype!r}")

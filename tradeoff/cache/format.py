@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import weakref
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tradeoff import __version__
-from tradeoff.errors import first_line
+from tradeoff.errors import first_line, is_integer
 from tradeoff.fileio import atomic_open
 
 SCHEMA = 1
@@ -27,6 +28,9 @@ REQUIRED_KEYS = ("logits", "labels", "split", "flops", "meta")
 LOGIT_DTYPES = (np.float32, np.float16)
 # A cache larger than this in any dimension is taken for corruption, not ambition.
 _MAX_DIM = 1 << 31
+# Caches returned by validate_cache (frozen, so still valid): written without a second check.
+# Keyed by id; an entry dies with its cache, so a reused id never matches a stale one.
+_VALIDATED: "weakref.WeakValueDictionary[int, ExitCache]" = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -179,10 +183,12 @@ def validate_cache(cache: ExitCache, *, source: str = "cache") -> ExitCache:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise ValueError(f"{where}meta.{key} must be a string; got {_clip(meta[key])}")
     classes = meta.get("num_classes")
-    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int)):
+    if classes is not None and not is_integer(classes):
         raise ValueError(f"{where}meta.num_classes must be an integer; got {_clip(classes)}")
     _check_finite(logits, where)
-    return replace(cache, labels=labels, split=split, flops=flops)
+    valid = replace(cache, labels=labels, split=split, flops=flops)
+    _VALIDATED[id(valid)] = valid
+    return valid
 
 
 def _positive_number(value) -> bool:
@@ -218,8 +224,10 @@ def _check_finite(logits: np.ndarray, where: str) -> None:
 
 
 def write_cache(path: str | os.PathLike, cache: ExitCache) -> Path:
-    """Validate, then write atomically (temp file + rename). Returns the path written."""
-    cache = validate_cache(cache)
+    """Validate (unless `cache` came from `validate_cache`), then write atomically (temp file +
+    rename). Returns the path written."""
+    if _VALIDATED.get(id(cache)) is not cache:
+        cache = validate_cache(cache)
     path = Path(path)
     meta = dict(cache.meta)
     meta.setdefault("schema", SCHEMA)

@@ -51,6 +51,7 @@ from typing import Callable
 
 import numpy as np
 
+from tradeoff.errors import is_integer
 from tradeoff.policy.table import ExitTable, Scores, check_table, check_thresholds, scores_from_counts
 
 # Budget for the scorer's level bitsets; beyond it, levels thin out (block size B > 1).
@@ -148,7 +149,7 @@ class BitsetScorer:
         self._right_at_last = int(table.correct[K - 1].sum())
         if block is None:
             block = _choose_block(N, M, max_level_bytes)
-        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        if not is_integer(block) or block < 1:
             raise ValueError(f"block must be a positive integer number of places; got {block!r}")
         self.block = B = int(min(block, N))
         nlev = N // B + 1

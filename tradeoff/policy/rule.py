@@ -32,11 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tradeoff.errors import is_integer
 from tradeoff.fileio import write_json_atomic
 from tradeoff.policy.confidence import CONFIDENCE_MEASURES
 
 FORMAT = "tradeoff-thresholds"
 VERSION = 1
+# A switched-off exit is scored with this threshold: every confidence lies in [0, 1], so none
+# reaches it (finite, so the scorers' finiteness check still guards against NaN).
+OFF_THRESHOLD = 2.0
 FALLBACKS = ("deepest",)  # what answers a sample no exit accepted (DESIGN.md lists more to come)
 
 
@@ -104,8 +108,8 @@ class ExitRule:
         return len(self.thresholds) + 1
 
     def threshold_array(self) -> np.ndarray:
-        """(K-1,) float64 for the scorers; a switched-off exit is +inf (no confidence reaches it)."""
-        return np.array([np.inf if t is None else t for t in self.thresholds], dtype=np.float64)
+        """(K-1,) float64 for the scorers and the runtime; a switched-off exit gets `OFF_THRESHOLD`."""
+        return np.array([OFF_THRESHOLD if t is None else t for t in self.thresholds], dtype=np.float64)
 
     def temperature_array(self) -> np.ndarray:
         """(K,) float64 temperatures (ones when none were fitted)."""
@@ -247,7 +251,7 @@ def read_rule(
     if not isinstance(doc["ensemble"], bool):
         raise ValueError(f"{where}: ensemble must be true or false; got {_clip(doc['ensemble'])}")
     file_k = doc.get("num_exits")
-    if file_k is not None and (isinstance(file_k, bool) or not isinstance(file_k, int) or file_k < 2):
+    if file_k is not None and (not is_integer(file_k) or file_k < 2):
         raise ValueError(f"{where}: num_exits must be an integer >= 2; got {_clip(file_k)}")
     if file_k is not None and file_k != thresholds.size + 1:
         raise ValueError(

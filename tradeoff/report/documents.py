@@ -303,7 +303,6 @@ def summary_text(result) -> str:
     """The terminal summary of a search: the chosen point on val and test, each exit
     alone, every method's front, and where the time went."""
     chosen = result.chosen
-    K = result.num_exits
     names = list(result.exit_names)
     pick = result.settings.pick
     lo, hi = chosen.test_accuracy_ci95

@@ -436,7 +436,7 @@ class Latency:
 def make_batches(x, batch_size: int) -> list[torch.Tensor]:
     """Contiguous float32 batches cut once, so slicing is never inside a timed pass."""
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     x = torch.as_tensor(x)
     return [x[i : i + batch_size].contiguous() for i in range(0, x.shape[0], batch_size)]
 
@@ -479,7 +479,7 @@ def measure_latency(runner: EarlyExitModel, x, *, batch_size: int = 1, repeats: 
         `Latency`, in milliseconds per sample.
     """
     if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1; got {repeats}")
+        raise ValueError(f"repeats must be >= 1; got {repeats}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0; got {warmup}")
     batches = make_batches(x, batch_size)

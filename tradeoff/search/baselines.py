@@ -18,11 +18,15 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from tradeoff.errors import is_integer
 from tradeoff.policy.scoring import ExitTable
 from tradeoff.search.pareto import FrontResult, front_result, pareto_mask
 from tradeoff.search.scoring import Scorer, check_table, rows_per_call, score_in_chunks, scorer_for
 
-GRID_MAX_THRESHOLDS = 4
+GRID_MAX_THRESHOLDS = 4  # grid_search accepts up to this many thresholds
+# `tradeoff search` runs the grid beside the other methods up to this many (at K-1 = 4 the
+# default 16^4 grid costs more than the rest of the search together).
+GRID_IN_SEARCH_MAX_THRESHOLDS = 3
 GRID_MAX_POINTS = 2_000_000
 # Default points per exit by number of thresholds: each grid stays <= ~65k vectors.
 _GRID_DEFAULT_POINTS = {1: 1001, 2: 256, 3: 40, 4: 16}
@@ -37,7 +41,7 @@ def _finish(table, scorer, thresholds, start, method, seed=None) -> FrontResult:
 
 
 def _count(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    if not is_integer(value) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
     return int(value)
 
@@ -140,7 +144,7 @@ def random_search(
     """`evaluations` threshold vectors uniform in [0, 1]^(K-1) from `default_rng(seed)`."""
     check_table(table)
     evaluations = _count("evaluations", evaluations, 1)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     start = time.perf_counter()
     thresholds = np.random.default_rng(seed).random((evaluations, table.num_exits - 1))

@@ -44,6 +44,7 @@ from itertools import chain
 import numpy as np
 from deap import base, tools
 
+from tradeoff.errors import is_integer
 from tradeoff.policy.scoring import ExitTable
 from tradeoff.search.pareto import FrontResult, front_result
 from tradeoff.search.scoring import Scorer, check_table, scorer_for
@@ -309,9 +310,9 @@ def _vary(toolbox: base.Toolbox, genes: np.ndarray, cxpb: float, rng: np.random.
 
 def _check_options(pop, gens, seed, cx_eta, mut_eta, cxpb, indpb) -> None:
     for name, value, low in (("pop", pop, 4), ("gens", gens, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        if not is_integer(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     for name, value in (("cx_eta", cx_eta), ("mut_eta", mut_eta)):
         if not (np.isfinite(value) and value > 0):

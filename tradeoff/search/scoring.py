@@ -1,20 +1,20 @@
 """The one adapter every search method scores through.
 
 A scorer is any callable taking a (P, K-1) threshold matrix and returning
-`tradeoff.policy.scoring.Scores` for all P rows at once, like a vectorised pymoo problem. The
-fastest available one is used: `policy.make_scorer(table)` when the policy module offers
-it (precomputes once per table), else `policy.score_thresholds` bound to the table.
+`tradeoff.policy.table.Scores` for all P rows at once, like a vectorised pymoo problem.
+By default it is the fast exact scorer, `tradeoff.policy.bitset.make_scorer(table)`
+(precomputed once per table: `run_search` builds one per split and hands it to every
+method).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import numpy as np
 
-from tradeoff.policy import scoring as policy
-from tradeoff.policy.scoring import ExitTable, Scores
+from tradeoff.policy.bitset import make_scorer
+from tradeoff.policy.table import ExitTable, Scores
 
 Scorer = Callable[[np.ndarray], Scores]
 
@@ -25,10 +25,7 @@ def scorer_for(table: ExitTable, scorer: Scorer | None = None) -> Scorer:
         if not callable(scorer):
             raise TypeError(f"scorer must be a callable (P, K-1) thresholds -> Scores; got {type(scorer).__name__}")
         return scorer
-    make = getattr(policy, "make_scorer", None)
-    if make is not None:
-        return make(table)
-    return functools.partial(policy.score_thresholds, table)
+    return make_scorer(table)
 
 
 def check_table(table: ExitTable) -> ExitTable:
