@@ -68,6 +68,8 @@ def _add_search(sub) -> None:
     pick.add_argument("--target-acc", type=float, help="cheapest point with val accuracy >= this (0, 1]")
     pick.add_argument("--max-drop", type=float, help="val accuracy within this many percentage points of the deepest exit")
     pick.add_argument("--budget-flops", type=float, help="most accurate point costing at most this many FLOPs")
+    p.add_argument("--delta", type=float, help="guarantee the --target-acc / --max-drop pick: P(accuracy on new data "
+                                               ">= target) >= 1 - DELTA (Learn-then-Test on 70%% of val), e.g. 0.1")
     p.add_argument("--method", default="nsga", help="nsga | global | msdnet | random | grid (all are drawn)")
     p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy"))
     p.add_argument("--ensemble", action="store_true", help="exit k answers with the mean softmax of exits 1..k")

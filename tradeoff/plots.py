@@ -88,6 +88,8 @@ class ParetoPlotData:
             minus the allowed drop), or None for a budget pick.
         budget_mflops: the budget line for a budget pick, else None.
         target_label: legend text of that line (None when there is no line).
+        certified: legend text of the Learn-then-Test certificate of the chosen point
+            (`--delta`), drawn as a ring around it; None when the pick is a val estimate.
     """
 
     title: str
@@ -98,6 +100,7 @@ class ParetoPlotData:
     target_accuracy: float | None
     budget_mflops: float | None
     target_label: str | None
+    certified: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,17 @@ def pareto_plot_data(source) -> ParetoPlotData:
         target_accuracy=target,
         budget_mflops=budget,
         target_label=label,
+        certified=_certified_label(report.thresholds_document(result).get("guarantee")),
     )
+
+
+def _certified_label(doc: dict | None) -> str | None:
+    """Legend text of a thresholds.json "guarantee" block (None: no certificate)."""
+    if not doc:
+        return None
+    bound = (f"LCB {doc['accuracy_lower_bound']:.4f}" if "drop_upper_bound_points" not in doc
+             else f"drop <= {doc['drop_upper_bound_points']:.3f} pts")
+    return f"certified: {doc['statement'].split(', if')[0]}\n(p = {doc['p_value']:.2g}, {bound})"
 
 
 def exits_plot_data(source) -> ExitsPlotData:
@@ -273,6 +286,7 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
         target_accuracy=target,
         budget_mflops=budget,
         target_label=label,
+        certified=_certified_label(chosen_doc.get("guarantee")),
     )
 
 
@@ -345,6 +359,9 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
     ax.scatter([c.val_mflops], [c.val_accuracy], marker="D", s=70, color=_CHOSEN_COLOR, zorder=6, label="chosen (val)")
     ax.scatter([c.test_mflops], [c.test_accuracy], marker="D", s=70, facecolors="none", edgecolors=_CHOSEN_COLOR,
                linewidths=1.5, zorder=6, label="chosen (test)")
+    if data.certified:
+        ax.scatter([c.val_mflops], [c.val_accuracy], marker="o", s=320, facecolors="none", edgecolors="#2ca02c",
+                   linewidths=2.0, zorder=6, label=data.certified)
     ax.errorbar([c.test_mflops], [c.test_accuracy],
                 yerr=[[c.test_accuracy - c.test_ci95[0]], [c.test_ci95[1] - c.test_accuracy]],
                 fmt="none", ecolor=_CHOSEN_COLOR, elinewidth=1.2, capsize=4, zorder=6)
