@@ -258,3 +258,16 @@ def test_max_drop_with_delta_runs_the_paired_test(cache):
     cert = result.guarantee
     assert cert.kind == "max_drop" and cert.drop_ucb[cert.chosen] <= 3.0
     assert cert.p_values[cert.chosen] <= 0.1
+
+
+def test_benchmark_runs_tiny_and_reports_the_promised_rows():
+    from benchmarks import bench_guarantee
+
+    rows = bench_guarantee.run(quick=True, draws=1)
+    metrics = [r["metric"] for r in rows]
+    assert len(rows) == 9 and metrics[-1] == "violation rate, pooled over targets, delta=0.1"
+    assert sum("no delta (val estimate)" in m for m in metrics) == 4
+    assert all(r["passed"] is None for r in rows)  # quick runs judge nothing
+    for r in rows:
+        if r["metric"].startswith("violation"):
+            assert 0.0 <= r["value"] <= 1.0

@@ -343,7 +343,9 @@ def summary_text(result) -> str:
         f"cache {result.cache_path or '(in memory)'}: {result.num_exits} exits, "
         f"val {result.split_sizes.get('val', 0)} / test {result.split_sizes.get('test', 0)} samples, "
         f"original network {result.baseline_flops / 1e6:.4g} MFLOPs",
-        f"picked on val by {chosen.method}: {pick.describe()}",
+        f"picked on val by {chosen.method}: {pick.describe()}" if getattr(result, "guarantee", None) is None else
+        f"picked by {chosen.method}: the cheapest point of the front found on the search part of val that is certified "
+        f"on the calibration part ({pick.flag.replace('-', ' ')} {pick.value:g})",
         "thresholds  " + "  ".join(f"{names[k]} >= {t:.4f}" for k, t in enumerate(chosen.thresholds)),
     ]
     rows = []
