@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     pick.add_argument("--target-acc", type=float, help="cheapest point with val accuracy >= this (0, 1]")
     pick.add_argument("--max-drop", type=float, help="val accuracy within this many percentage points of the deepest exit")
     pick.add_argument("--budget-flops", type=float, help="most accurate point costing at most this many FLOPs")
+    p.add_argument("--delta", type=float, help="guarantee the --target-acc / --max-drop pick: P(accuracy on new data "
+                                               ">= target) >= 1 - DELTA (Learn-then-Test on 70%% of val), e.g. 0.1")
     p.add_argument("--method", default="nsga", help="nsga | global | msdnet | random | grid (all are drawn)")
     p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy"))
     p.add_argument("--ensemble", action="store_true", help="exit k answers with the mean softmax of exits 1..k")
@@ -35,9 +37,10 @@ def run(args) -> int:
     """`tradeoff search`: pick the cache, search, write the run directory, print a summary."""
     from tradeoff.cache.format import load_cache
     from tradeoff.report import documents as report
-    from tradeoff.search.run import Pick, run_search
+    from tradeoff.search.run import Pick, check_delta_pick, run_search
 
     pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops)
+    check_delta_pick(pick, args.delta)
     if args.cache:
         cache_path = Path(args.cache)
     else:
@@ -59,6 +62,7 @@ def run(args) -> int:
         restarts=args.restarts,
         jobs=args.jobs,
         cache_path=cache_path,
+        delta=args.delta,
     )
     result = replace(result, timings={"load": load_seconds, **result.timings})
     out = Path(args.out) if args.out else default_run_dir(cache_path, pick.label)

@@ -154,6 +154,9 @@ def thresholds_document(result) -> dict:
 
     chosen = result.chosen
     meta = result.cache_meta
+    # The Learn-then-Test block only when --delta made one (a val-estimate pick's file is unchanged).
+    block = _guarantee(result)
+    guarantee = {} if block is None else {"guarantee": block}
     return rule_document(
         result.rule,
         cache=result.cache_path,
@@ -170,7 +173,18 @@ def thresholds_document(result) -> dict:
         seed=result.settings.seed,
         val=_figures(chosen.val),
         test=_figures(chosen.test, with_ci=chosen.test_accuracy_ci95),
+        **guarantee,
     )
+
+
+def _guarantee(result) -> dict | None:
+    """The Learn-then-Test block (search.guarantee), or None when the pick is a val estimate."""
+    cert = getattr(result, "guarantee", None)
+    if cert is None:
+        return None
+    from tradeoff.search.guarantee import certification_document
+
+    return certification_document(cert, search_size=result.split_sizes["val_search"], seed=result.settings.seed)
 
 
 def pareto_csv(result, method: str = "nsga") -> str:
@@ -243,6 +257,7 @@ def summary_document(result) -> dict:
             "jobs": s.jobs,
             "bootstrap": s.bootstrap,
             "pick": s.pick.as_dict(),
+            "delta": getattr(s, "delta", None),
         },
         "seed": s.seed,
         "timings_seconds": {k: float(v) for k, v in result.timings.items()},
@@ -277,6 +292,7 @@ def summary_document(result) -> dict:
             "thresholds": _floats(result.chosen.thresholds),
             "val": _figures(result.chosen.val),
             "test": _figures(result.chosen.test, with_ci=result.chosen.test_accuracy_ci95),
+            "guarantee": _guarantee(result),
         },
         "fronts": fronts,
     }
@@ -299,6 +315,20 @@ _META_SUMMARY_KEYS = (
 
 
 # --------------------------------------------------------------------------- terminal
+def _guarantee_text(result) -> str:
+    """The line that says whether the pick is certified or only a val estimate."""
+    doc = _guarantee(result)
+    if doc is None:
+        return ("NOTE: the pick is a val estimate - the thresholds were chosen on val, and new data can fall short of "
+                "the target (see the test figures; --delta D gives a guaranteed pick)")
+    split = doc["split"]
+    bound = (f"accuracy lower bound {doc['accuracy_lower_bound']:.4f}" if "drop_upper_bound_points" not in doc
+             else f"drop upper bound {doc['drop_upper_bound_points']:.3f} points")
+    return (f"CERTIFIED: {doc['statement']} (Learn-then-Test, delta {doc['delta']:g}; searched on {split['search']} "
+            f"val rows, certified on the other {split['calibration']}: p-value {doc['p_value']:.3g}, {bound}, "
+            f"calibration accuracy {doc['calibration_accuracy']:.4f})")
+
+
 def summary_text(result) -> str:
     """The terminal summary of a search: the chosen point on val and test, each exit
     alone, every method's front, and where the time went."""
@@ -310,7 +340,9 @@ def summary_text(result) -> str:
         f"cache {result.cache_path or '(in memory)'}: {result.num_exits} exits, "
         f"val {result.split_sizes.get('val', 0)} / test {result.split_sizes.get('test', 0)} samples, "
         f"original network {result.baseline_flops / 1e6:.4g} MFLOPs",
-        f"picked on val by {chosen.method}: {pick.describe()}",
+        f"picked on val by {chosen.method}: {pick.describe()}" if getattr(result, "guarantee", None) is None else
+        f"picked by {chosen.method}: the cheapest point of the front found on the search part of val that is certified "
+        f"on the calibration part ({pick.flag.replace('-', ' ')} {pick.value:g})",
         "thresholds  " + "  ".join(f"{names[k]} >= {t:.4f}" for k, t in enumerate(chosen.thresholds)),
     ]
     rows = []
@@ -339,6 +371,7 @@ def summary_text(result) -> str:
         title=f"every method on val (hypervolume: error x cost, reference error {ref_error:g} and {ref_cost / 1e6:.4g} MFLOPs)",
     )
     tail = f"search time {result.front(chosen.method).seconds:.3f} s ({chosen.method}); total {result.timings.get('total', 0.0):.3f} s"
+    head.append(_guarantee_text(result))
     return "\n".join(head) + "\n\n" + chosen_table + "\n\n" + exit_table + "\n\n" + method_table + "\n\n" + tail
 
 

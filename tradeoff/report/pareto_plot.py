@@ -69,6 +69,9 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
     ax.scatter([c.val_mflops], [c.val_accuracy], marker="D", s=70, color=_CHOSEN_COLOR, zorder=6, label="chosen (val)")
     ax.scatter([c.test_mflops], [c.test_accuracy], marker="D", s=70, facecolors="none", edgecolors=_CHOSEN_COLOR,
                linewidths=1.5, zorder=6, label="chosen (test)")
+    if data.certified:
+        ax.scatter([c.val_mflops], [c.val_accuracy], marker="o", s=320, facecolors="none", edgecolors="#2ca02c",
+                   linewidths=2.0, zorder=6, label=data.certified)
     ax.errorbar([c.test_mflops], [c.test_accuracy],
                 yerr=[[c.test_accuracy - c.test_ci95[0]], [c.test_ci95[1] - c.test_accuracy]],
                 fmt="none", ecolor=_CHOSEN_COLOR, elinewidth=1.2, capsize=4, zorder=6)

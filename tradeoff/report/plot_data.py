@@ -65,6 +65,8 @@ class ParetoPlotData:
             minus the allowed drop), or None for a budget pick.
         budget_mflops: the budget line for a budget pick, else None.
         target_label: legend text of that line (None when there is no line).
+        certified: legend text of the Learn-then-Test certificate of the chosen point
+            (`--delta`), drawn as a ring around it; None when the pick is a val estimate.
     """
 
     title: str
@@ -75,6 +77,7 @@ class ParetoPlotData:
     target_accuracy: float | None
     budget_mflops: float | None
     target_label: str | None
+    certified: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,17 @@ def pareto_plot_data(source) -> ParetoPlotData:
         target_accuracy=target,
         budget_mflops=budget,
         target_label=label,
+        certified=_certified_label(report.thresholds_document(result).get("guarantee")),
     )
+
+
+def _certified_label(doc: dict | None) -> str | None:
+    """Legend text of a thresholds.json "guarantee" block (None: no certificate)."""
+    if not doc:
+        return None
+    bound = (f"LCB {doc['accuracy_lower_bound']:.4f}" if "drop_upper_bound_points" not in doc
+             else f"drop <= {doc['drop_upper_bound_points']:.3f} pts")
+    return f"certified: {doc['statement'].split(', if')[0]}\n(p = {doc['p_value']:.2g}, {bound})"
 
 
 def exits_plot_data(source) -> ExitsPlotData:
@@ -249,7 +262,7 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
         ),
         target_accuracy=target,
         budget_mflops=budget,
-        target_label=label,
+        target_label=label,    certified=_certified_label(chosen_doc.get("guarantee")),
     )
 
 

@@ -130,6 +130,7 @@ class SearchSettings:
     restarts: int = 1
     jobs: int = 1
     bootstrap: int = BOOTSTRAP_RESAMPLES
+    delta: float | None = None  # Learn-then-Test risk level (search.guarantee); None = val estimate
 
 
 # --------------------------------------------------------------------------- results
@@ -229,6 +230,9 @@ class SearchResult:
         chosen: the picked point.
         exits: each exit alone, shallow -> deep.
         timings: seconds per stage ("table", "calibrate", one per method, "test", "total").
+        guarantee: with `delta`, the Learn-then-Test certification on the calibration part
+            of val (`search.guarantee.Certification`; the chosen point is its `chosen`
+            candidate of the method's front), else None (the pick is a val estimate).
     """
 
     settings: SearchSettings
@@ -245,6 +249,7 @@ class SearchResult:
     chosen: ChosenPoint
     exits: tuple[ExitAlone, ...]
     timings: dict
+    guarantee: object | None = None
 
     @property
     def rule(self) -> ExitRule:
@@ -305,6 +310,7 @@ def validate_settings(cache: ExitCache, settings: SearchSettings) -> None:
     _check_int("jobs", settings.jobs, 1, "the number of parallel processes")
     _check_int("seed", settings.seed, 0, "a non-negative integer seed")
     _check_int("bootstrap", settings.bootstrap, 100, "resamples for the 95% interval")
+    check_delta_pick(settings.pick, settings.delta)
     counts = cache.split_counts()
     for split in ("val", "test"):
         if counts.get(split, 0) == 0:
@@ -314,6 +320,25 @@ def validate_settings(cache: ExitCache, settings: SearchSettings) -> None:
                 f"the cache has no {split!r} rows ({role}; splits present: {have}); "
                 "rebuild it with `tradeoff cache`, or give `tradeoff import --split`"
             )
+
+
+def check_delta_pick(pick: Pick, delta) -> None:
+    """`--delta` is a number in (0, 1) given with --target-acc or --max-drop (or not given).
+
+    Raises:
+        TypeError / ValueError: one line saying what to give instead.
+    """
+    if delta is None:
+        return
+    from tradeoff.search.guarantee import check_delta
+
+    check_delta(delta)
+    if pick.default or pick.kind == "budget_flops":
+        why = "no pick was given" if pick.default else "--budget-flops is a cost constraint, not a risk"
+        raise ValueError(
+            f"--delta certifies an accuracy, so it needs --target-acc or --max-drop; {why} - "
+            "give --target-acc A or --max-drop D with --delta"
+        )
 
 
 # --------------------------------------------------------------------------- the search
@@ -332,6 +357,7 @@ def run_search(
     jobs: int = 1,
     bootstrap: int = BOOTSTRAP_RESAMPLES,
     cache_path: str | os.PathLike | None = None,
+    delta: float | None = None,
 ) -> SearchResult:
     """Search thresholds on val, pick one point, report everything on test.
 
@@ -346,6 +372,10 @@ def run_search(
             number of evaluations and the same seed).
         bootstrap: resamples of the test rows for the 95% interval.
         cache_path: the file `cache` was read from, recorded with its sha256.
+        delta: Learn-then-Test risk level in (0, 1) for a target_acc / max_drop pick: val is
+            split (seeded by `seed`) 30/70 into a search part, the only rows the search and
+            any temperature fit see, and a calibration part where the front is certified
+            (`search.guarantee`); P(accuracy on new data >= target) >= 1 - delta.
 
     Returns:
         A complete SearchResult.
@@ -354,6 +384,8 @@ def run_search(
         TypeError / ValueError: bad settings or cache (one line).
         TargetUnreachable: the pick cannot be met on val; the message names the best
             reachable point.
+        CannotCertify (a TargetUnreachable): with `delta`, nothing can be certified; the
+            message gives the best certifiable figure and an estimated val size needed.
     """
     settings = SearchSettings(
         pick=Pick.from_options() if pick is None else pick,
@@ -367,6 +399,7 @@ def run_search(
         restarts=restarts,
         jobs=jobs,
         bootstrap=bootstrap,
+        delta=delta,
     )
     validate_settings(cache, settings)
     from tradeoff.search import pareto  # deferred: keeps `import tradeoff.search.run` light
@@ -375,6 +408,11 @@ def run_search(
     timings: dict[str, float] = {}
     flops = np.asarray(cache.flops, dtype=np.float64)
     is_val = cache.split == "val"
+    val_split = cal_table = None
+    if settings.delta is not None:
+        val_split = _guarantee_split(int(np.count_nonzero(is_val)), settings)
+        is_val = np.zeros_like(is_val)
+        is_val[np.flatnonzero(cache.split == "val")[val_split.search]] = True  # search rows only
 
     temperatures = None
     if calibrate:
@@ -386,6 +424,8 @@ def run_search(
 
     t0 = time.perf_counter()
     val_table, test_table = _split_tables(cache, confidence=confidence, ensemble=bool(ensemble), temperatures=temperatures)
+    if val_split is not None:
+        val_table, cal_table = (_columns(val_table, val_split.search), _columns(val_table, val_split.calibration))
     timings["table"] = time.perf_counter() - t0
 
     from tradeoff.search.scoring import scorer_for
@@ -416,7 +456,14 @@ def run_search(
     )
 
     front = next(f for f in fronts if f.method == settings.method)
-    index = _pick(front, settings.pick, exits[-1].val_accuracy, baseline)
+    certification = None
+    if val_split is None:
+        index = _pick(front, settings.pick, exits[-1].val_accuracy, baseline)
+    else:
+        t0 = time.perf_counter()
+        certification = _certify(front, cal_table, settings.pick, settings.delta, val_split)
+        index = certification.chosen
+        timings["certify"] = time.perf_counter() - t0
     thresholds = front.thresholds[index]
     test_correct = _correct_at(test_table, thresholds)
     chosen = ChosenPoint(
@@ -436,14 +483,55 @@ def run_search(
         exit_names=tuple(cache.exit_names),
         flops=flops,
         baseline_flops=float(baseline),
-        split_sizes={"val": val_table.num_samples, "test": test_table.num_samples},
+        split_sizes={"val": val_table.num_samples, "test": test_table.num_samples} if val_split is None else {
+            "val": int(val_split.search.size + val_split.calibration.size), "val_search": int(val_split.search.size),
+            "val_calibration": int(val_split.calibration.size), "test": test_table.num_samples},
         temperatures=None if temperatures is None else tuple(float(t) for t in temperatures),
         fronts=fronts,
         hypervolume_reference=tuple(float(v) for v in reference),
         chosen=chosen,
         exits=exits,
         timings=timings,
+        guarantee=certification,
     )
+
+
+def _guarantee_split(num_val: int, settings: SearchSettings):
+    """The seeded search/calibration split of val, or CannotCertify when val is too small."""
+    from tradeoff.search import guarantee
+
+    split = guarantee.split_val(num_val, seed=settings.seed)
+    if split.search.size == 0 or split.calibration.size == 0:
+        target = settings.pick.value if settings.pick.kind == "target_acc" else None
+        need = "" if target is None or target >= 1 else (
+            f"; even a perfect candidate needs >= {guarantee.minimum_calibration_size(target, settings.delta)} "
+            f"calibration rows (~{int(np.ceil(guarantee.minimum_calibration_size(target, settings.delta) / split.calibration_fraction))} val rows)")
+        raise guarantee.CannotCertify(
+            f"cannot certify: val has {num_val} rows, too few to split into a search part and a calibration part "
+            f"({split.sizes['search']} / {split.sizes['calibration']}){need} - give more val data"
+        )
+    return split
+
+
+def _columns(table: ExitTable, columns: np.ndarray) -> ExitTable:
+    return ExitTable(np.ascontiguousarray(table.confidence[:, columns]), np.ascontiguousarray(table.correct[:, columns]), table.flops)
+
+
+def _certify(front: MethodFront, cal_table: ExitTable, pick: Pick, delta: float, val_split):
+    """Learn-then-Test on the calibration part over `front` (found on the search part)."""
+    from tradeoff.search import guarantee
+
+    correct = np.stack([_correct_at(cal_table, t) for t in front.thresholds])
+    if pick.kind == "target_acc":
+        if pick.value >= 1.0:
+            raise ValueError("--target-acc 1 cannot be certified with --delta (no finite sample proves zero error); give a target below 1")
+        cert = guarantee.certify_target_accuracy(correct, front.val.flops, front.val.accuracy, target=pick.value, delta=delta)
+    else:
+        cert = guarantee.certify_max_drop(correct, cal_table.correct[-1], front.val.flops, front.val.accuracy,
+                                          drop_pp=pick.value, delta=delta)
+    if not cert.certified:
+        raise guarantee.CannotCertify(guarantee.cannot_certify_message(cert, val_split.calibration_fraction), cert)
+    return cert
 
 
 def _split_tables(cache: ExitCache, **rule) -> tuple[ExitTable, ExitTable]:
