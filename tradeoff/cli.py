@@ -145,6 +145,10 @@ def _add_run(sub) -> None:
     p.add_argument("--compiled", action="store_true",
                    help="run both the early-exit model and the original network as frozen TorchScript graphs "
                         "(batch norm folded: faster at small batch; logits may differ in the last float32 bits)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch (default) or onnxruntime: export both networks to ONNX and time them with "
+                        "ONNX Runtime's CPU provider")
+    p.add_argument("--opset", type=int, help="ONNX opset for --backend onnxruntime (default: the exporter's)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
     p.set_defaults(func=_cmd_run)
@@ -154,6 +158,28 @@ def _cmd_run(args) -> int:
     from tradeoff.runtime import run_command
 
     return run_command(args)
+
+
+# --------------------------------------------------------------------------- export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write an ONNX model with the chosen thresholds inside (real early exit)")
+    p.add_argument("--ckpt", required=True, help="the checkpoint the thresholds were searched for")
+    p.add_argument("--thresholds", required=True, help="results/<run>/thresholds.json")
+    p.add_argument("--out", required=True, help="ONNX file to write (atomically)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's; at least 18)")
+    p.add_argument("--original", help="also write the original single-exit network (for timing) to this file")
+    p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
+    p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
+    p.add_argument("--data", help="data the model takes (its sample shape; default: the checkpoint's, else digits)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from tradeoff.onnx_run import export_command
+
+    return export_command(args)
 
 
 # --------------------------------------------------------------------------- demo
@@ -180,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tradeoff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_train, _add_cache, _add_import, _add_search, _add_plot, _add_run, _add_demo):
+    for add in (_add_train, _add_cache, _add_import, _add_search, _add_plot, _add_run, _add_export, _add_demo):
         add(sub)
     return parser
 

@@ -686,12 +686,16 @@ def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=No
     return exits + "\n\n" + format_table(summary, ("", "this run", "search (test)"), float_format="{:.4g}")
 
 
-def _on(flag: bool) -> str:
-    return "on" if flag else "off"
+def _on(flag: bool | None) -> str:
+    return "n/a" if flag is None else "on" if flag else "off"
 
 
 def run_command(args) -> int:
     """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
+    if getattr(args, "backend", "torch") == "onnxruntime":
+        from tradeoff.onnx_run import run_onnx_command
+
+        return run_onnx_command(args)
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
     from tradeoff.fileio import sha256_file, write_json_atomic
