@@ -419,19 +419,18 @@ def _check_writable(path: Path) -> None:
 @contextlib.contextmanager
 def _quiet():
     """The exporter prints progress to stdout and logs warnings (e.g. torchvision missing)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # torch's loggers hold their own stderr handles
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        logging.disable(previous)
 
 
-_OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?|torch\.[A-Za-z_0-9.]+|numpy\.[A-Za-z_0-9.]+)")
+_OP = re.compile(r"\b(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?|numpy\.[A-Za-z_0-9.]+)")
 
 
 def _diagnose(stages: list, example: torch.Tensor, exc: BaseException) -> str:
@@ -444,8 +443,9 @@ def _diagnose(stages: list, example: torch.Tensor, exc: BaseException) -> str:
                     torch.onnx.export(part.eval(), (x,), dynamo=True, optimize=False)
             except Exception as part_exc:  # noqa: BLE001
                 text = str(part_exc)
-                ops = [op for op in _OP.findall(text) if not op.startswith(("torch.onnx", "torch.export", "torch._"))]
-                op = ops[0] if ops else "unknown op"
+                ops = _OP.findall(text)
+                op = ops[0] if ops else ("a data-dependent Python branch (float(), .item() or `if` on a tensor)"
+                                         if "data-dependent" in text else "an op the exporter does not support")
                 cause = _cause_line(part_exc)
                 return (f"cannot export stage {k + 1} {name} ({type(part).__name__}) to ONNX: {op} - {cause}; "
                         "make that module traceable by torch.export (no data-dependent Python, no NumPy calls)")
