@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -22,35 +23,31 @@ def add_parser(sub) -> None:
     p.add_argument("--compiled", action="store_true",
                    help="run both the early-exit model and the original network as frozen TorchScript graphs "
                         "(batch norm folded: faster at small batch; logits may differ in the last float32 bits)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch (default) or onnxruntime: export both networks to ONNX and time them with "
+                        "ONNX Runtime's CPU provider")
+    p.add_argument("--opset", type=int, help="ONNX opset for --backend onnxruntime (default: the exporter's)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
+def load_inputs(args):
+    """Checkpoint, validated thresholds file, data spec and test split of `run` / `export`.
+
+    Returns:
+        (loaded checkpoint, ThresholdsFile, data spec, Dataset with the test split).
+    """
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
-    from tradeoff.fileio import sha256_file, write_json_atomic
-    from tradeoff.flops import exit_costs
+    from tradeoff.fileio import sha256_file
     from tradeoff.policy.rule import read_rule
-    from tradeoff.runtime.early_exit import (
-        EarlyExitModel, cache_agreement, evaluate_runtime, model_stages, report_document, report_table,
-    )
-    import torch
+    from tradeoff.runtime.early_exit import model_stages
 
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1; got {args.repeats}")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1; got {args.threads}")
-    torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
     K = len(model_stages(loaded.model))
     cache_sha = None
-    if args.cache:
+    if getattr(args, "cache", None):
         if not Path(args.cache).is_file():
             raise FileNotFoundError(f"--cache {args.cache} does not exist; pass the cache the thresholds were searched on")
         cache_sha = sha256_file(args.cache)
@@ -62,6 +59,25 @@ def run(args) -> int:
             f"--data {spec} has labels up to {int(data.y.max())} but the model has {loaded.num_classes} classes; "
             "pass the data the model was trained for"
         )
+    return loaded, tf, spec, data
+
+
+def run(args) -> int:
+    """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
+    from tradeoff.fileio import write_json_atomic
+    from tradeoff.flops import exit_costs
+    from tradeoff.runtime.early_exit import (
+        EarlyExitModel, cache_agreement, evaluate_runtime, report_document, report_table,
+    )
+    import torch
+
+    for name in ("batch_size", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.backend == "onnxruntime":
+        return run_onnxruntime(args)
+    torch.set_num_threads(args.threads)
+    loaded, tf, spec, data = load_inputs(args)
     costs = exit_costs(loaded.model, data.input_shape)
     compiled = bool(getattr(args, "compiled", False))
     runner = EarlyExitModel(loaded.model, tf.rule, compiled=compiled)
@@ -94,5 +110,61 @@ def run(args) -> int:
     if agreement is not None:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def run_onnxruntime(args) -> int:
+    """`tradeoff run --backend onnxruntime`: both networks exported to ONNX, timed with ONNX Runtime's CPU provider."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from tradeoff.fileio import write_json_atomic
+    from tradeoff.flops import exit_costs
+    from tradeoff.runtime.early_exit import Latency, RuntimeReport, report_document, report_table
+    from tradeoff.runtime.onnx_export import export_early_exit, export_original
+    from tradeoff.runtime.onnx_session import (
+        export_metadata, onnx_cache_agreement, onnxruntime_version, ort_session, rule_kwargs, run_session, time_sessions,
+    )
+
+    if args.compiled:
+        raise ValueError("--compiled applies to --backend torch; ONNX Runtime optimises the exported graph itself")
+    loaded, tf, spec, data = load_inputs(args)
+    K = tf.num_exits
+    x = np.asarray(data.x, dtype=np.float32)
+    example = torch.from_numpy(x[:1].copy())
+    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-onnx-b{args.batch_size}.json"
+    meta = export_metadata(loaded, tf)
+    with tempfile.TemporaryDirectory(prefix="tradeoff-onnx-") as tmp:
+        print("exporting the early-exit graph and the original network to ONNX ...", file=sys.stderr, flush=True)
+        early_path = export_early_exit(loaded.model, **rule_kwargs(tf.rule), example_input=example,
+                                       out_path=Path(tmp) / "early_exit.onnx", opset=args.opset, metadata=meta)
+        deep_path = export_original(loaded.model, example_input=example, out_path=Path(tmp) / "original.onnx",
+                                    opset=args.opset, metadata=meta)
+        early, deep = ort_session(early_path, threads=args.threads), ort_session(deep_path, threads=args.threads)
+        labels, exits, _ = run_session(early, x, batch_size=args.batch_size)
+        times = time_sessions({"early": early, "deep": deep}, x, batch_size=args.batch_size, repeats=args.repeats)
+    costs = exit_costs(loaded.model, data.input_shape)
+    y = np.asarray(data.y, dtype=np.int64)
+    latency = Latency(latency_ms=times["early"][0], baseline_latency_ms=times["deep"][0],
+                      passes_ms=tuple(times["early"][1]), baseline_passes_ms=tuple(times["deep"][1]),
+                      batch_size=args.batch_size, num_samples=int(x.shape[0]), mkldnn=None, baseline_mkldnn=None)
+    report = RuntimeReport(accuracy=float(np.mean(labels == y)), exit_fractions=np.bincount(exits, minlength=K) / exits.size,
+                           exits=exits, predictions=labels, flops=costs.flops, baseline_flops=costs.baseline_flops,
+                           latency=latency)
+    agreement = onnx_cache_agreement(args.cache, tf.rule, y, labels, exits) if args.cache else None
+    doc = report_document(report, backend="onnxruntime", batch_size=args.batch_size, threads=args.threads,
+                          repeats=args.repeats, thresholds=list(tf.rule.thresholds), confidence=tf.confidence,
+                          ensemble=tf.ensemble, thresholds_file=str(tf.path), checkpoint=str(loaded.path),
+                          checkpoint_sha256=loaded.sha256, arch=loaded.arch, data=spec, split="test",
+                          data_fingerprint=data.fingerprint, search_test=tf.test, cache_agreement=agreement,
+                          onnxruntime_version=onnxruntime_version(), torch_version=torch.__version__)
+    write_json_atomic(out, doc)
+    print(report_table(report, tf.thresholds, search_test=tf.test))
+    if agreement is not None:
+        print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
+              f"{agreement['predictions']:.2%} of answers (ONNX Runtime, CPU provider)")
     print(f"\nwrote {out}")
     return 0

@@ -682,8 +682,8 @@ def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=No
     return exits + "\n\n" + format_table(summary, ("", "this run", "search (test)"), float_format="{:.4g}")
 
 
-def _on(flag: bool) -> str:
-    return "on" if flag else "off"
+def _on(flag: bool | None) -> str:
+    return "n/a" if flag is None else "on" if flag else "off"
 
 
 def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: RuntimeReport) -> dict:
