@@ -101,6 +101,20 @@ def _cmd_plot(args) -> int:
     return plot_command(args)
 
 
+# --------------------------------------------------------------------------- report
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="rebuild report.html, the interactive self-contained page of a results directory")
+    p.add_argument("run", help="results/<run> directory written by `tradeoff search`")
+    p.add_argument("--cache", help="the cache the run was searched on, if it moved (checked by sha256)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from tradeoff.report_html import report_command
+
+    return report_command(args)
+
+
 # --------------------------------------------------------------------------- train
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a multi-exit model (SCAN self-distillation, SideNet, Adjoined)")
@@ -180,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tradeoff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_train, _add_cache, _add_import, _add_search, _add_plot, _add_run, _add_demo):
+    for add in (_add_train, _add_cache, _add_import, _add_search, _add_plot, _add_report, _add_run, _add_demo):
         add(sub)
     return parser
 

@@ -4,7 +4,7 @@ Train `scan_small` on scikit-learn's 8x8 digits (fixed seed), cache every exit's
 val and test, search thresholds with the default pick (no loss against the deepest exit
 on val), and leave one run directory:
 
-    <out>/model.pt  cache.npz  thresholds.json  pareto.csv  summary.json  pareto.png  exits.png
+    <out>/model.pt  cache.npz  thresholds.json  pareto.csv  summary.json  pareto.png  exits.png  report.html
 
 The model and cache are built in a staging directory beside `<out>` and moved into the run
 directory inside `report.write_run`, which swaps the finished directory in as one step: a
@@ -71,7 +71,7 @@ def run_demo(
         progress: tqdm bars on stderr.
         log: callable taking one line of text.
     """
-    from tradeoff import plots, report
+    from tradeoff import plots, report, report_html
     from tradeoff.cache import load_cache
     from tradeoff.cli import build_parser
     from tradeoff.fileio import sibling_tempdir
@@ -112,6 +112,7 @@ def run_demo(
 
         def draw(run_dir: Path) -> None:
             plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir)
+            report_html.write_report(run_dir, lock=False)  # finds cache.npz beside it (moved in just before)
 
         report.write_run(out, result, extra=[move_artefacts, draw])
         seconds["search"] = time.perf_counter() - t0
