@@ -133,7 +133,8 @@ def pareto_figure(data, *, max_points: int = MAX_POINTS, target: float | None = 
         max_points: most points drawn per trace (`thin_indices`); the data is not thinned.
         target: the target accuracy marked at first (default: the run's, else the
             chosen point's val accuracy), snapped to the slider's steps.
-        slider: add the target slider (each step moves the two marks and the line).
+        slider: add the target slider (each step moves the two marks and the line);
+            without it the marks stay at `target` (the notebook redraws on its own slider).
 
     Returns:
         A plotly Figure; trace 0 is the picked-on front on val, trace 1 the same points on test.
@@ -169,8 +170,7 @@ def pareto_figure(data, *, max_points: int = MAX_POINTS, target: float | None = 
         if p is not None:
             _add_point(fig, data, p, color, symbol)
     _add_pick_line(fig, data)
-    if slider:
-        _add_slider(fig, data, targets, picks, target)
+    _add_target_marks(fig, data, targets, picks, target, slider=slider)
     _add_speedup_axis(fig, data)
     fig.update_layout(
         template="plotly_white", font=_FONT, height=680, hovermode="closest", clickmode="event",
@@ -250,7 +250,8 @@ def _step_text(data, front, t: float, iv, it) -> str:
     return text + f"; cheapest on test: {front.test_flops[it] / 1e6:.4g} MFLOPs ({b / front.test_flops[it]:.2f}×)"
 
 
-def _add_slider(fig: go.Figure, data, targets: np.ndarray, picks, target: float | None) -> None:
+def _add_target_marks(fig: go.Figure, data, targets: np.ndarray, picks, target: float, *, slider: bool) -> None:
+    """The two marks, the target line and its caption at `target`; with `slider`, the steps too."""
     front = data.fronts[0]
     active = int(np.argmin(np.abs(targets - target)))
     marks = len(fig.data)
@@ -271,6 +272,8 @@ def _add_slider(fig: go.Figure, data, targets: np.ndarray, picks, target: float 
     fig.add_annotation(xref="paper", yref="paper", x=0.0, y=1.0, yanchor="bottom", xanchor="left", showarrow=False,
                        align="left", text=steps[active]["args"][1]["annotations[0].text"], font=dict(size=12),
                        bgcolor="rgba(255,255,255,0.85)")
+    if not slider:
+        return
     fig.update_layout(sliders=[dict(active=active, steps=steps, x=0.0, len=1.0, y=-0.12, pad=dict(t=30),
                                     currentvalue=dict(prefix="target accuracy: ", font=dict(size=13)), ticklen=3,
                                     minorticklen=1, font=dict(size=9))])
