@@ -269,9 +269,9 @@ def _add_target_marks(fig: go.Figure, data, targets: np.ndarray, picks, target: 
             fig.data[marks + j][key] = steps[active]["args"][0][key][j]
     t = float(targets[active])
     fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=t, y1=t, line=dict(color="#888", dash="dot", width=1))
-    fig.add_annotation(xref="paper", yref="paper", x=0.0, y=1.0, yanchor="bottom", xanchor="left", showarrow=False,
+    fig.add_annotation(xref="paper", yref="paper", x=0.99, y=0.02, yanchor="bottom", xanchor="right", showarrow=False,
                        align="left", text=steps[active]["args"][1]["annotations[0].text"], font=dict(size=12),
-                       bgcolor="rgba(255,255,255,0.85)")
+                       bgcolor="rgba(255,255,255,0.9)", bordercolor="#bbb", borderpad=4)
     if not slider:
         return
     fig.update_layout(sliders=[dict(active=active, steps=steps, x=0.0, len=1.0, y=-0.12, pad=dict(t=30),
@@ -281,13 +281,25 @@ def _add_target_marks(fig: go.Figure, data, targets: np.ndarray, picks, target: 
 
 
 def _add_speedup_axis(fig: go.Figure, data) -> None:
-    """A top axis in speed-up against the original network (ticks at round speed-ups)."""
+    """A top axis in speed-up against the original network (ticks at round speed-ups).
+
+    Not `matches="x"` (plotly.js then drops its own tick labels); the page's script keeps
+    its range equal to the cost axis's on zoom.
+    """
     xs = [x for trace in fig.data if trace.x is not None for x in trace.x if x is not None]
     lo, hi = min(xs), max(xs)
     nice = [0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100]
     ticks = [s for s in nice if lo * 0.95 <= data.baseline_flops / 1e6 / s <= hi * 1.05]
+    kind = _axis_type(data)
+    if kind == "log":
+        pad = (math.log10(hi) - math.log10(lo)) * 0.04
+        span = [math.log10(lo) - pad, math.log10(hi) + pad]
+    else:
+        pad = (hi - lo) * 0.04
+        span = [lo - pad, hi + pad]
     fig.add_scatter(x=[lo, hi], y=[None, None], xaxis="x2", showlegend=False, hoverinfo="skip", mode="markers")
-    fig.update_layout(xaxis2=dict(overlaying="x", side="top", matches="x", type=_axis_type(data), showgrid=False,
+    fig.update_layout(xaxis=dict(range=span))
+    fig.update_layout(xaxis2=dict(overlaying="x", side="top", range=span, type=kind, showgrid=False,
                                   tickmode="array", tickvals=[data.baseline_flops / 1e6 / s for s in ticks], ticktext=[f"{s:g}×" for s in ticks],
                                   title=dict(text="speed-up vs the original network", standoff=4)))
 
@@ -315,9 +327,9 @@ def exit_fractions_figure(data, point) -> go.Figure:
 
 
 def _threshold_text(data, k: int, threshold: float, share: float | None) -> str:
-    leave = "" if share is None or math.isnan(share) else f": {share:.1%} of val leave here"
+    leave = "" if share is None or math.isnan(share) else f" · {share:.1%} leave"
     if k == data.num_exits - 1:
-        return "always answers" + ("" if not leave else f" the rest{leave[1:].replace(' leave here', '')}")
+        return "answers the rest" + leave.replace(" leave", "")
     return f"off{leave}" if math.isnan(threshold) else f"≥ {threshold:.3f}{leave}"
 
 

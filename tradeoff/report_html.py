@@ -375,12 +375,12 @@ function select(cd, name) {{
   if (a0 >= 0) {{
     const u = {{"title.text": "Confidence per exit on val, with the thresholds of " + name}};
     for (let k = 0; k < K; k++) {{
-      const share = Number.isFinite(vf[k]) ? ": " + pct(vf[k]) + " of val" : "";
+      const share = Number.isFinite(vf[k]) ? " · " + pct(vf[k]) : "";
       const a = "annotations[" + (a0 + k) + "]";
-      if (k === K - 1) {{ u[a + ".text"] = "always answers the rest" + share; continue; }}
+      if (k === K - 1) {{ u[a + ".text"] = "answers the rest" + share; continue; }}
       u["shapes[" + k + "].x0"] = t[k]; u["shapes[" + k + "].x1"] = t[k];
       u[a + ".x"] = Number.isFinite(t[k]) ? t[k] : 0; u[a + ".xanchor"] = t[k] < 0.55 ? "left" : "right";
-      u[a + ".text"] = (Number.isFinite(t[k]) ? "≥ " + t[k].toFixed(3) : "off") + (share ? share + " leave here" : "");
+      u[a + ".text"] = (Number.isFinite(t[k]) ? "≥ " + t[k].toFixed(3) : "off") + (share ? share + " leave" : "");
     }}
     Plotly.relayout(conf, u);
   }}
@@ -397,6 +397,11 @@ function select(cd, name) {{
 document.getElementById("tradeoff-pareto").on("plotly_click", function (ev) {{
   const p = ev.points[0];
   if (p && p.customdata && p.customdata.length >= c.width) select(p.customdata, p.data.name.replace(/ \\(\\d+ of \\d+ drawn\\)/, ""));
+}});
+const front = document.getElementById("tradeoff-pareto");
+front.on("plotly_relayout", function (ev) {{  // the speed-up axis follows the cost axis on zoom and reset
+  if (ev["xaxis.range[0]"] !== undefined) Plotly.relayout(front, {{"xaxis2.range": [ev["xaxis.range[0]"], ev["xaxis.range[1]"]]}});
+  else if (ev["xaxis.autorange"]) Plotly.relayout(front, {{"xaxis2.range": front.layout.xaxis.range.slice()}});
 }});
 select(R.initial, R.initial_name);
 }})();
