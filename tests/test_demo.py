@@ -13,7 +13,7 @@ from tradeoff.commands import main
 from tradeoff.commands.demo import demo_summary, run_demo
 from tradeoff.fileio import sha256_file
 
-FILES = ("model.pt", "cache.npz", "thresholds.json", "pareto.csv", "summary.json", "pareto.png", "exits.png")
+FILES = ("model.pt", "cache.npz", "thresholds.json", "pareto.csv", "summary.json", "pareto.png", "exits.png", "report.html")
 
 
 @pytest.fixture(scope="module")

@@ -53,3 +53,10 @@ def test_notebook_executes_and_draws(small_run, monkeypatch):
     )
     assert "skipping the histograms" not in text  # the cache was found and drawn
     assert "chosen thresholds" in text and "val accuracy" in text
+    # section 4: the report's plotly figures (front with its target marks, exit shares, confidence) and the slider
+    plotly_figs = [out["data"]["application/vnd.plotly.v1+json"] for out in outputs
+                   if "application/vnd.plotly.v1+json" in out.get("data", {})]
+    assert len(plotly_figs) == 3
+    names = [trace.get("name") for trace in plotly_figs[0]["data"]]
+    assert "cheapest meeting the target (val)" in names and "NSGA-II (val)" in names
+    assert any("application/vnd.jupyter.widget-view+json" in out.get("data", {}) for out in outputs)

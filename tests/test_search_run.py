@@ -43,7 +43,7 @@ def _search(cache_file, out, *extra, target="0.8"):
 
 
 def test_run_dir_has_every_file_and_the_schema(run_dir, cache_file):
-    assert sorted(p.name for p in run_dir.iterdir()) == ["exits.png", "pareto.csv", "pareto.png", "summary.json", "thresholds.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["exits.png", "pareto.csv", "pareto.png", "report.html", "summary.json", "thresholds.json"]
     doc = json.loads((run_dir / "thresholds.json").read_text())
     assert SCHEMA_KEYS <= set(doc)
     assert FIGURE_KEYS <= set(doc["val"]) and FIGURE_KEYS | {"accuracy_ci95"} <= set(doc["test"])

@@ -4,7 +4,7 @@ Train `scan_small` on scikit-learn's 8x8 digits (fixed seed), cache every exit's
 val and test, search thresholds with the default pick (no loss against the deepest exit
 on val), and leave one run directory:
 
-    <out>/model.pt  cache.npz  thresholds.json  pareto.csv  summary.json  pareto.png  exits.png
+    <out>/model.pt  cache.npz  thresholds.json  pareto.csv  summary.json  pareto.png  exits.png  report.html
 
 The model and cache are built in a staging directory beside `<out>` and moved into the run
 directory inside `report.write_run`, which swaps the finished directory in as one step: a
@@ -75,6 +75,7 @@ def run_demo(
     """
     from tradeoff.report import plots
     from tradeoff.report import documents as report
+    from tradeoff.report import html as report_html
     from tradeoff.cache.build import cache_checkpoint
     from tradeoff.cache.importer import exit_summary_table
     from tradeoff.fileio import sibling_tempdir
@@ -112,6 +113,7 @@ def run_demo(
 
         def draw(run_dir: Path) -> None:
             plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir)
+            report_html.write_report(run_dir, lock=False)  # finds cache.npz beside it (moved in just before)
 
         report.write_run(out, result, extra=[move_artefacts, draw])
         seconds["search"] = time.perf_counter() - t0

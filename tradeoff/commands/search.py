@@ -71,9 +71,13 @@ def run(args) -> int:
         from tradeoff.report import plots
 
         extra.append(lambda run_dir: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir))
+    from tradeoff.report import html as report_html
+
+    extra.append(lambda run_dir: report_html.write_report(run_dir, cache_path=cache_path, lock=False))
     report.write_run(out, result, extra=extra)
     print(report.summary_text(result))
-    written = ", ".join([report.THRESHOLDS_FILE, report.PARETO_FILE, report.SUMMARY_FILE] + ([] if not extra else ["pareto.png", "exits.png"]))
+    written = ", ".join([report.THRESHOLDS_FILE, report.PARETO_FILE, report.SUMMARY_FILE]
+                        + ([] if len(extra) == 1 else ["pareto.png", "exits.png"]) + [report_html.REPORT_FILE])
     print(f"\nwrote {out}/ ({written})")
     sys.stdout.flush()
     return 0

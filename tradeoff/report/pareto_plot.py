@@ -10,16 +10,8 @@ import numpy as np
 
 from tradeoff.report.figure import new_figure
 from tradeoff.report.plot_data import ParetoPlotData
+from tradeoff.report.style import CHOSEN_COLOR, METHOD_COLORS, METHOD_LABELS
 
-_METHOD_LABELS = {
-    "nsga": "NSGA-II",
-    "global": "one global threshold",
-    "msdnet": "MSDNet budget rule",
-    "random": "random search",
-    "grid": "exhaustive grid",
-}
-_METHOD_COLORS = {"nsga": "#1f77b4", "global": "#ff7f0e", "msdnet": "#2ca02c", "random": "#9467bd", "grid": "#8c564b"}
-_CHOSEN_COLOR = "#d62728"
 
 
 def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6.0), show_test: bool = True):
@@ -35,9 +27,9 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
     fig = new_figure(figsize)
     ax = fig.add_subplot()
     main = data.fronts[0]
-    color = _METHOD_COLORS.get(main.method, "#1f77b4")
+    color = METHOD_COLORS.get(main.method, "#1f77b4")
     ax.plot(main.val_mflops, main.val_accuracy, "-o", ms=3.5, lw=1.8, color=color,
-            label=f"{_METHOD_LABELS.get(main.method, main.method)} front (val)", zorder=4)
+            label=f"{METHOD_LABELS.get(main.method, main.method)} front (val)", zorder=4)
     if show_test and main.test_mflops is not None:
         ax.scatter(main.test_mflops, main.test_accuracy, s=22, facecolors="none", edgecolors=color, linewidths=0.9,
                    label="same thresholds on test", zorder=3)
@@ -50,8 +42,8 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
             ms=3,
             lw=1.0,
             alpha=0.75,
-            color=_METHOD_COLORS.get(series.method),
-            label=f"{_METHOD_LABELS.get(series.method, series.method)} (val)",
+            color=METHOD_COLORS.get(series.method),
+            label=f"{METHOD_LABELS.get(series.method, series.method)} (val)",
             zorder=2,
         )
 
@@ -66,18 +58,18 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
 
     c = data.chosen
-    ax.scatter([c.val_mflops], [c.val_accuracy], marker="D", s=70, color=_CHOSEN_COLOR, zorder=6, label="chosen (val)")
-    ax.scatter([c.test_mflops], [c.test_accuracy], marker="D", s=70, facecolors="none", edgecolors=_CHOSEN_COLOR,
+    ax.scatter([c.val_mflops], [c.val_accuracy], marker="D", s=70, color=CHOSEN_COLOR, zorder=6, label="chosen (val)")
+    ax.scatter([c.test_mflops], [c.test_accuracy], marker="D", s=70, facecolors="none", edgecolors=CHOSEN_COLOR,
                linewidths=1.5, zorder=6, label="chosen (test)")
     if data.certified:
         ax.scatter([c.val_mflops], [c.val_accuracy], marker="o", s=320, facecolors="none", edgecolors="#2ca02c",
                    linewidths=2.0, zorder=6, label=data.certified)
     ax.errorbar([c.test_mflops], [c.test_accuracy],
                 yerr=[[c.test_accuracy - c.test_ci95[0]], [c.test_ci95[1] - c.test_accuracy]],
-                fmt="none", ecolor=_CHOSEN_COLOR, elinewidth=1.2, capsize=4, zorder=6)
+                fmt="none", ecolor=CHOSEN_COLOR, elinewidth=1.2, capsize=4, zorder=6)
     speed = data.baseline_mflops / c.val_mflops
     text = (
-        f"chosen ({_METHOD_LABELS.get(c.method, c.method)})\n"
+        f"chosen ({METHOD_LABELS.get(c.method, c.method)})\n"
         f"val  {c.val_accuracy:.4f} @ {c.val_mflops:.4g} MFLOPs ({speed:.2f}x)\n"
         f"test {c.test_accuracy:.4f} [{c.test_ci95[0]:.4f}, {c.test_ci95[1]:.4f}]"
     )
@@ -93,8 +85,8 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
         va="top" if fy > 0.45 else "bottom",
         multialignment="left",
         fontsize=8.5,
-        bbox=dict(boxstyle="round,pad=0.4", fc="white", ec=_CHOSEN_COLOR, alpha=0.95),
-        arrowprops=dict(arrowstyle="->", color=_CHOSEN_COLOR, lw=1.0),
+        bbox=dict(boxstyle="round,pad=0.4", fc="white", ec=CHOSEN_COLOR, alpha=0.95),
+        arrowprops=dict(arrowstyle="->", color=CHOSEN_COLOR, lw=1.0),
         zorder=7,
     )
     if data.target_accuracy is not None:

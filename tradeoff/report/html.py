@@ -1,0 +1,479 @@
+"""`report.html`: one self-contained, interactive page per run directory.
+
+Gather, then draw (optuna's habit, as `plots.py` does for the static pictures):
+`gather_report` reads a run directory's files (`thresholds.json`, `summary.json`,
+`pareto.csv`) and, when it can find it unchanged, the cache the run was searched on (for
+per-sample confidences and every front point's exit fractions), into a frozen
+`ReportData`; `tradeoff.report_figures` draws plotly figures from it (the notebook uses
+the same functions); `report_page` puts them in one HTML page with plotly.js inline (no
+CDN: the file opens offline and makes no network request) and a few lines of our own
+script that refresh the point panel when a point is clicked. `write_report` writes the
+page atomically (`fileio`), so a reader never sees half a `report.html`.
+
+NumPy and plotly only: no torch, no matplotlib.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tradeoff import __version__
+from tradeoff.policy import rule as rule_file
+from tradeoff.report import documents as report
+from tradeoff.fileio import sha256_file, write_text_atomic
+from tradeoff.report.style import METHOD_LABELS
+
+REPORT_FILE = "report.html"
+SUMMARY_FORMAT, SUMMARY_VERSION = "tradeoff-summary", 1
+HISTOGRAM_BINS = 40
+
+
+# --------------------------------------------------------------------------- gathered data
+@dataclass(frozen=True)
+class FrontData:
+    """One method's front, every point (never thinned here), sorted by val cost.
+
+    Attributes:
+        method: "nsga", "global", "msdnet", "random" or "grid".
+        thresholds: (F, K-1) per-exit thresholds (NaN = exit switched off).
+        val_accuracy, val_flops, test_accuracy, test_flops: (F,) each; flops are
+            fvcore counts per sample.
+        val_fractions, test_fractions: (F, K) share of samples leaving at each exit, or
+            None where unknown (no cache: only the reported front's val shares are saved).
+    """
+
+    method: str
+    thresholds: np.ndarray
+    val_accuracy: np.ndarray
+    val_flops: np.ndarray
+    test_accuracy: np.ndarray
+    test_flops: np.ndarray
+    val_fractions: np.ndarray | None
+    test_fractions: np.ndarray | None
+
+    @property
+    def size(self) -> int:
+        return int(self.val_accuracy.shape[0])
+
+
+@dataclass(frozen=True)
+class PointData:
+    """One threshold vector with its figures: the chosen point, a certified one, a front row.
+
+    Attributes:
+        label: what the point is ("chosen (NSGA-II)", "certified (delta = 0.1)", ...).
+        thresholds: (K-1,) per exit (NaN = off).
+        val_accuracy, val_flops, test_accuracy, test_flops: figures on each split.
+        val_fractions, test_fractions: (K,) or None.
+        test_ci95: 95% interval of the test accuracy, or None.
+    """
+
+    label: str
+    thresholds: tuple[float, ...]
+    val_accuracy: float
+    val_flops: float
+    test_accuracy: float
+    test_flops: float
+    val_fractions: tuple[float, ...] | None
+    test_fractions: tuple[float, ...] | None
+    test_ci95: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ExitAloneData:
+    name: str
+    flops: float
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class ConfidenceHistograms:
+    """Each exit's confidence on val, binned, split into right and wrong answers.
+
+    Attributes:
+        measure: "maxprob", "margin" or "entropy" (as searched, after calibration).
+        edges: (B+1,) bin edges over [0, 1].
+        right, wrong: (K, B) sample counts.
+    """
+
+    measure: str
+    edges: np.ndarray
+    right: np.ndarray
+    wrong: np.ndarray
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the report draws, gathered once from a run directory.
+
+    Attributes:
+        run_dir: where the files were read.
+        title: architecture and cache name.
+        exit_names, exit_flops: (K,) names and cost of leaving at each exit (fvcore count).
+        baseline_flops: the original single-exit network's cost.
+        exit_ms: (K,) milliseconds of leaving at each exit from a latency profile, or None.
+        fronts: every method's front, the picked-on method first.
+        exits: each exit alone.
+        chosen: the picked point; certified: the guaranteed pick where the run has one.
+        pick: the pick as recorded (`Pick.as_dict()`).
+        confidence: the histograms, or None without the cache.
+        notes: lines the page shows (e.g. why histograms are missing).
+    """
+
+    run_dir: Path
+    title: str
+    exit_names: tuple[str, ...]
+    exit_flops: tuple[float, ...]
+    baseline_flops: float
+    exit_ms: tuple[float, ...] | None
+    fronts: tuple[FrontData, ...]
+    exits: tuple[ExitAloneData, ...]
+    chosen: PointData
+    certified: PointData | None
+    pick: dict
+    confidence: ConfidenceHistograms | None
+    notes: tuple[str, ...]
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exit_names)
+
+    def point(self, method: str, index: int) -> PointData:
+        """Row `index` of `method`'s front as a PointData (for the figures' panel)."""
+        front = next((f for f in self.fronts if f.method == method), None)
+        if front is None:
+            raise ValueError(f"no {method!r} front in this report; it has {', '.join(f.method for f in self.fronts)}")
+        if not 0 <= index < front.size:
+            raise ValueError(f"index must be in [0, {front.size}) for the {method} front; got {index}")
+
+        def row(a):
+            return None if a is None else tuple(float(v) for v in a[index])
+
+        return PointData(f"{method} #{index}", row(front.thresholds), float(front.val_accuracy[index]),
+                         float(front.val_flops[index]), float(front.test_accuracy[index]),
+                         float(front.test_flops[index]), row(front.val_fractions), row(front.test_fractions))
+
+
+# --------------------------------------------------------------------------- gathering
+def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike | None = None,
+                  lock: bool = True) -> ReportData:
+    """Read a run directory (and the cache it came from) into a ReportData.
+
+    The cache is looked for where `thresholds.json` records it, then beside the run; it
+    is used only if its sha256 matches the recorded one, and its val accuracies must
+    reproduce the saved front's, so the histograms and exit shares are those of this run.
+
+    Args:
+        run_dir: a directory written by `tradeoff search` (or `make demo`).
+        cache_path: the cache, if it moved; then a sha256 mismatch is an error.
+        lock: hold the run's shared lock while reading (False when the caller holds it).
+
+    Raises:
+        FileNotFoundError: the directory, one of its files, or the given cache is missing.
+        ValueError: one line naming the file that is malformed or written by another
+            format version, or a given cache that is not the run's.
+    """
+    run_dir = Path(run_dir)
+    thresholds_doc, summary, csv_text = report.read_run(run_dir, lock=lock)
+    _check_format(run_dir / report.THRESHOLDS_FILE, thresholds_doc, rule_file.FORMAT, rule_file.VERSION)
+    _check_format(run_dir / report.SUMMARY_FILE, summary, SUMMARY_FORMAT, SUMMARY_VERSION)
+    csv = report.parse_pareto_csv(csv_text, source=str(run_dir / report.PARETO_FILE))
+    with _naming(run_dir / report.SUMMARY_FILE):
+        cache_doc = summary["cache"]
+        names = tuple(str(n) for n in cache_doc["exit_names"])
+        K = len(names)
+        fronts = [_front_from_summary(doc, K) for doc in summary["fronts"]]
+        exits = tuple(ExitAloneData(str(e["name"]), float(e["flops"]), float(e["val_accuracy"]),
+                                    float(e["test_accuracy"])) for e in summary["exits"])
+        method = str(summary["chosen"]["method"])
+        pick = dict(summary["settings"]["pick"])
+        title = f"{cache_doc['meta'].get('arch') or 'unknown arch'} - {Path(cache_doc['path'] or 'in-memory cache').name}"
+        exit_ms = (summary.get("cost") or {}).get("exit_ms") or thresholds_doc.get("exit_ms")
+        exit_ms = None if exit_ms is None else tuple(float(v) for v in exit_ms)
+    fronts.sort(key=lambda f: f.method != method)  # the picked-on front first
+    with _naming(run_dir / report.THRESHOLDS_FILE):
+        chosen = _point_from_doc(thresholds_doc, f"chosen point ({METHOD_LABELS.get(method, method)})", K)
+        certified_doc = thresholds_doc.get("certified") or summary.get("certified")
+        certified = None
+        if certified_doc:
+            delta = certified_doc.get("delta", summary.get("settings", {}).get("delta"))
+            certified = _point_from_doc(certified_doc, "certified" + (f" (delta = {delta:g})" if delta is not None else ""), K)
+    fronts = _attach_csv_fractions(fronts, csv, names, run_dir)
+    notes: list[str] = []
+    confidence = None
+    cache = _find_cache(thresholds_doc, run_dir, cache_path, notes)
+    if cache is not None:
+        fronts, confidence = _from_cache(cache, thresholds_doc, fronts, run_dir)
+    if exit_ms is None:
+        notes.append("costs are fvcore FLOPs; no latency profile was used, so no milliseconds are shown")
+    return ReportData(run_dir, title, names, tuple(float(f) for f in cache_doc["flops"]),
+                      float(cache_doc["baseline_flops"]), exit_ms, tuple(fronts), exits, chosen, certified, pick,
+                      confidence, tuple(notes))
+
+
+def _check_format(path: Path, doc: dict, fmt: str, version: int) -> None:
+    if doc.get("format") != fmt or doc.get("version") != version:
+        raise ValueError(
+            f"{path} was written by another version of tradeoff (format {doc.get('format')!r} version "
+            f"{doc.get('version')!r}; tradeoff {__version__} reads {fmt!r} version {version}); "
+            f"rerun `tradeoff search --out {path.parent}` with this version"
+        )
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """A missing key or a wrong type while reading `path` becomes one line naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a complete tradeoff run file ({what}); "
+                         f"rerun `tradeoff search --out {path.parent}`") from None
+
+
+def _thresholds_row(values, K: int) -> tuple[float, ...]:
+    """Per-exit thresholds; None (switched off) becomes NaN; a per-class list its median."""
+    row = tuple(float("nan") if v is None else float(np.median(v)) if isinstance(v, list) else float(v) for v in values)
+    if len(row) != K - 1:
+        raise ValueError(f"thresholds must hold K-1 = {K - 1} values, one per exit but the deepest; got {len(row)}")
+    return row
+
+
+def _front_from_summary(doc: dict, K: int) -> FrontData:
+    arrays = {key: np.asarray(doc[key], dtype=np.float64) for key in ("val_accuracy", "val_flops", "test_accuracy", "test_flops")}
+    thresholds = np.array([_thresholds_row(row, K) for row in doc["thresholds"]], dtype=np.float64).reshape(-1, K - 1)
+    sizes = {a.shape[0] for a in arrays.values()} | {thresholds.shape[0]}
+    if len(sizes) != 1:
+        raise ValueError(f"the {doc['method']} front's columns have different lengths {sorted(sizes)}")
+    return FrontData(str(doc["method"]), thresholds, **arrays, val_fractions=None, test_fractions=None)
+
+
+def _point_from_doc(doc: dict, label: str, K: int) -> PointData:
+    val, test = doc["val"], doc["test"]
+
+    def fractions(split):
+        f = split.get("exit_fractions")
+        return None if f is None else tuple(float(v) for v in f)
+
+    ci = test.get("accuracy_ci95")
+    return PointData(label, _thresholds_row(doc["thresholds"], K), float(val["accuracy"]), float(val["flops"]),
+                     float(test["accuracy"]), float(test["flops"]), fractions(val), fractions(test),
+                     None if ci is None else (float(ci[0]), float(ci[1])))
+
+
+def _attach_csv_fractions(fronts: list[FrontData], csv: dict, names: tuple[str, ...], run_dir: Path) -> list[FrontData]:
+    """The reported (NSGA-II) front's val exit shares, from pareto.csv (checked against summary.json)."""
+    path = run_dir / report.PARETO_FILE
+    columns = [f"val_frac_{report._csv_name(n)}" for n in names]
+    out = []
+    for front in fronts:
+        if front.method == "nsga" and all(c in csv for c in columns):
+            if len(csv["val_accuracy"]) != front.size or not np.allclose(csv["val_accuracy"], front.val_accuracy, rtol=0, atol=1e-12):
+                raise ValueError(f"{path} and summary.json disagree on the nsga front ({len(csv['val_accuracy'])} vs "
+                                 f"{front.size} rows); rerun `tradeoff search --out {run_dir}`")
+            front = FrontData(**{**front.__dict__, "val_fractions": np.column_stack([csv[c] for c in columns])})
+        out.append(front)
+    return out
+
+
+def _find_cache(doc: dict, run_dir: Path, given, notes: list[str]):
+    """The run's cache (an ExitCache), or None with a note saying why."""
+    from tradeoff.cache.format import load_cache
+
+    want = doc.get("cache_sha256")
+    if given is not None:
+        given = Path(given)
+        if not given.is_file():
+            raise FileNotFoundError(f"--cache {given} does not exist; give the cache the run was searched on")
+        if want and sha256_file(given) != want:
+            raise ValueError(f"--cache {given} is not the cache this run was searched on (sha256 differs from "
+                             f"{run_dir / report.THRESHOLDS_FILE}); give that cache")
+        return load_cache(given)
+    recorded = doc.get("cache")
+    if not recorded or not want:
+        notes.append("the run was searched on an in-memory cache: no confidence histograms, no test exit shares")
+        return None
+    for candidate in (Path(recorded), run_dir / Path(recorded).name):
+        if candidate.is_file() and sha256_file(candidate) == want:
+            return load_cache(candidate)
+    notes.append(f"cache {recorded} not found or changed since the search (sha256): no confidence histograms, no test "
+                 "exit shares; rebuild with `tradeoff report RUN --cache FILE`")
+    return None
+
+
+def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
+    """Every front point's exit shares on val and test, and the val confidence histograms."""
+    from tradeoff.policy.scoring import score_thresholds
+    from tradeoff.policy.table import exit_table
+
+    temperatures = (doc.get("calibration") or {}).get("temperatures")
+    rule = dict(confidence=doc.get("confidence", "maxprob"), ensemble=bool(doc.get("ensemble", False)),
+                temperatures=None if temperatures is None else np.asarray(temperatures, dtype=np.float64))
+    tables = {}
+    for split in ("val", "test"):
+        part = cache.select(split)
+        tables[split] = exit_table(part.logits, part.labels, part.flops, **rule)
+    out = []
+    for front in fronts:
+        t = np.where(np.isnan(front.thresholds), 2.0, front.thresholds)  # off: confidences are <= 1, nobody leaves
+        val, test = score_thresholds(tables["val"], t), score_thresholds(tables["test"], t)
+        if not np.allclose(val.accuracy, front.val_accuracy, rtol=0, atol=1e-9):
+            raise ValueError(f"the cache of {run_dir} does not reproduce its {front.method} front's val accuracy; "
+                             "give the cache the run was searched on with --cache")
+        out.append(FrontData(**{**front.__dict__, "val_fractions": val.exit_fractions, "test_fractions": test.exit_fractions}))
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    val = tables["val"]
+    right = np.array([np.histogram(val.confidence[k][val.correct[k]], edges)[0] for k in range(val.num_exits)])
+    wrong = np.array([np.histogram(val.confidence[k][~val.correct[k]], edges)[0] for k in range(val.num_exits)])
+    return out, ConfidenceHistograms(rule["confidence"], edges, right, wrong)
+
+
+# --------------------------------------------------------------------------- the page
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tradeoff report: {title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1320px;
+       padding: 12px 24px; color: #222; }}
+h1 {{ font-size: 1.35rem; margin: 8px 0 2px; }} p {{ margin: 4px 0; }} .muted {{ color: #666; font-size: 0.9rem; }}
+#tradeoff-point {{ border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; margin: 8px 0; font-size: 0.92rem; }}
+#tradeoff-point table {{ border-collapse: collapse; }} #tradeoff-point td, #tradeoff-point th {{ padding: 1px 10px 1px 0;
+       text-align: left; font-variant-numeric: tabular-nums; }}
+.panel {{ display: grid; grid-template-columns: minmax(320px, 1fr) 2fr; gap: 8px; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>{headline}</p>
+<p class="muted">Hover a point for its thresholds and figures; click one to show where its samples leave and its thresholds
+on each exit's confidence below; drag the slider to move the target accuracy. Thresholds are chosen on val; test is held out.</p>
+{notes}
+<div id="tradeoff-pareto"></div>
+<div id="tradeoff-point"></div>
+<div class="panel"><div id="tradeoff-exits"></div><div id="tradeoff-confidence"></div></div>
+<p class="muted">Written by tradeoff {version} from {run_dir}. Self-contained: plotly.js {plotly_version} is inside this
+file; it works offline and loads nothing from the network.</p>
+<script type="text/javascript">{plotly_js}</script>
+<script type="text/javascript">
+(function () {{
+const R = {config};
+const FIGS = {figures};
+const opts = {{responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"]}};
+for (const id of Object.keys(FIGS)) Plotly.newPlot("tradeoff-" + id, FIGS[id].data, FIGS[id].layout, opts);
+const c = R.cols, K = R.K;
+const row = (cd, start, n) => Array.from({{length: n}}, (_, i) => Number(cd[start + i]));
+const num = (v, d) => Number.isFinite(v) ? v.toFixed(d) : "n/a";
+const pct = v => Number.isFinite(v) ? (100 * v).toFixed(1) + "%" : "n/a";
+function select(cd, name) {{
+  const t = row(cd, 0, K - 1), vf = row(cd, c.val_fractions, K), tf = row(cd, c.test_fractions, K);
+  Plotly.restyle("tradeoff-exits", {{y: [vf, tf]}}, [0, 1]);
+  Plotly.relayout("tradeoff-exits", {{"title.text": "Where the samples leave — " + name}});
+  const conf = document.getElementById("tradeoff-confidence"), a0 = conf.layout.meta.threshold_annotations;
+  if (a0 >= 0) {{
+    const u = {{"title.text": "Confidence per exit on val, with the thresholds of " + name}};
+    for (let k = 0; k < K; k++) {{
+      const share = Number.isFinite(vf[k]) ? " · " + pct(vf[k]) : "";
+      const a = "annotations[" + (a0 + k) + "]";
+      if (k === K - 1) {{ u[a + ".text"] = "answers the rest" + share; continue; }}
+      u["shapes[" + k + "].x0"] = t[k]; u["shapes[" + k + "].x1"] = t[k];
+      u[a + ".x"] = Number.isFinite(t[k]) ? t[k] : 0; u[a + ".xanchor"] = t[k] < 0.55 ? "left" : "right";
+      u[a + ".text"] = (Number.isFinite(t[k]) ? "≥ " + t[k].toFixed(3) : "off") + (share ? share + " leave" : "");
+    }}
+    Plotly.relayout(conf, u);
+  }}
+  const cells = (label, v, tv) => "<tr><th>" + label + "</th><td>" + v + "</td><td>" + tv + "</td></tr>";
+  let html = "<b>" + name + "</b> — thresholds: " + R.names.slice(0, K - 1).map((n, k) => n + " ≥ " + num(t[k], 4)).join(", ");
+  html += "<table><tr><th></th><th>val</th><th>test</th></tr>";
+  html += cells("accuracy", num(Number(cd[c.val_acc]), 4), num(Number(cd[c.test_acc]), 4));
+  html += cells("MFLOPs per sample", num(Number(cd[c.val_mflops]), 4), num(Number(cd[c.test_mflops]), 4));
+  if (R.has_ms) html += cells("ms per sample (latency profile)", num(Number(cd[c.val_ms]), 3), num(Number(cd[c.test_ms]), 3));
+  html += cells("speed-up vs the original network", num(Number(cd[c.val_speedup]), 2) + "×", num(Number(cd[c.test_speedup]), 2) + "×");
+  html += cells("leave at " + R.names.join(" / "), vf.map(pct).join(" / "), tf.map(pct).join(" / "));
+  document.getElementById("tradeoff-point").innerHTML = html + "</table>";
+}}
+document.getElementById("tradeoff-pareto").on("plotly_click", function (ev) {{
+  const p = ev.points[0];
+  if (p && p.customdata && p.customdata.length >= c.width) select(p.customdata, p.data.name.replace(/ \\(\\d+ of \\d+ drawn\\)/, ""));
+}});
+const front = document.getElementById("tradeoff-pareto");
+front.on("plotly_relayout", function (ev) {{  // the speed-up axis follows the cost axis on zoom and reset
+  if (ev["xaxis.range[0]"] !== undefined) Plotly.relayout(front, {{"xaxis2.range": [ev["xaxis.range[0]"], ev["xaxis.range[1]"]]}});
+  else if (ev["xaxis.autorange"]) Plotly.relayout(front, {{"xaxis2.range": front.layout.xaxis.range.slice()}});
+}});
+select(R.initial, R.initial_name);
+}})();
+</script></body></html>
+"""
+
+
+def _script_json(obj) -> str:
+    """JSON safe inside a <script> element (no "</" can close it early)."""
+    return obj.replace("</", "<\\/").replace("<!--", "<\\!--") if isinstance(obj, str) else _script_json(json.dumps(obj))
+
+
+def report_page(data: ReportData, *, max_points: int | None = None) -> str:
+    """The whole `report.html` as text: plotly.js inline, the three figures, the panel script.
+
+    Args:
+        data: from `gather_report`.
+        max_points: most points drawn per front trace (default `report_figures.MAX_POINTS`).
+    """
+    import html
+
+    import plotly
+    from plotly.offline import get_plotlyjs, get_plotlyjs_version
+
+    from tradeoff.report import html_figures as rf
+
+    figures = {
+        "pareto": rf.pareto_figure(data, **({} if max_points is None else {"max_points": max_points})),
+        "exits": rf.exit_fractions_figure(data, data.chosen),
+        "confidence": rf.confidence_figure(data, data.chosen),
+    }
+    figures_json = "{" + ",".join(f"{json.dumps(k)}:{plotly.io.to_json(f, validate=False)}" for k, f in figures.items()) + "}"
+    c = data.chosen
+    config = {"K": data.num_exits, "cols": rf.customdata_columns(data.num_exits), "names": list(data.exit_names),
+              "has_ms": data.exit_ms is not None, "initial_name": c.label,
+              "initial": [None if np.isnan(v) else float(v) for v in rf._point_customdata(data, c)[0]]}
+    interval = "" if c.test_ci95 is None else f" [95% interval {c.test_ci95[0]:.4f}, {c.test_ci95[1]:.4f}]"
+    headline = (f"{html.escape(c.label[0].upper() + c.label[1:])}, picked on val: val accuracy {c.val_accuracy:.4f}, test {c.test_accuracy:.4f}"
+                f"{interval}, at {c.val_flops / 1e6:.4g} MFLOPs per sample on val "
+                f"({data.baseline_flops / c.val_flops:.2f}× faster than the original network's {data.baseline_flops / 1e6:.4g}).")
+    notes = "".join(f'<p class="muted">Note: {html.escape(n)}.</p>' for n in data.notes)
+    return _PAGE.format(title=html.escape(data.title), headline=headline, notes=notes, version=__version__,
+                        run_dir=html.escape(str(data.run_dir)), plotly_version=get_plotlyjs_version(),
+                        plotly_js=get_plotlyjs(), config=_script_json(config), figures=_script_json(figures_json))
+
+
+def write_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike | None = None, lock: bool = True,
+                 max_points: int | None = None) -> Path:
+    """Gather a run directory and write its `report.html` atomically (old or new, never half).
+
+    Args:
+        run_dir: the run directory (also where the page goes).
+        cache_path: the run's cache if it moved (see `gather_report`).
+        lock: hold the run's exclusive lock while reading and writing, so a search
+            replacing the run meanwhile cannot pair its files with an old page. False
+            inside `report.write_run` (the directory is still private).
+
+    Returns:
+        The page's path.
+
+    Raises:
+        FileNotFoundError / ValueError: as `gather_report`, in one line naming the file.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; give a results/<run> directory written by `tradeoff search`")
+    with report.run_lock(run_dir) if lock else contextlib.nullcontext():
+        data = gather_report(run_dir, cache_path=cache_path, lock=False)
+        page = report_page(data, max_points=max_points)
+        write_text_atomic(run_dir / REPORT_FILE, page)
+    return run_dir / REPORT_FILE
+

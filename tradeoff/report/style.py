@@ -1,0 +1,11 @@
+"""Names and colours shared by every picture of a run (matplotlib PNGs and the plotly report)."""
+
+METHOD_LABELS = {
+    "nsga": "NSGA-II",
+    "global": "one global threshold",
+    "msdnet": "MSDNet budget rule",
+    "random": "random search",
+    "grid": "exhaustive grid",
+}
+METHOD_COLORS = {"nsga": "#1f77b4", "global": "#ff7f0e", "msdnet": "#2ca02c", "random": "#9467bd", "grid": "#8c564b"}
+CHOSEN_COLOR = "#d62728"
