@@ -1,7 +1,7 @@
 """SideNet (Morisot 2020): a small side classifier on a frozen MainNet's intermediate feature.
 
 Two parts:
-- `PlainResNet`, registered as `mainnet_small` (8x8 digits) and `mainnet_resnet18` (32x32
+- `PlainResNet`, registered as `mainnet_small` (8x8 digits, or any `input_size`) and `mainnet_resnet18` (32x32
   CIFAR): an ordinary single-exit ResNet built from SCAN's `BasicBlock`, trained with
   `tradeoff train` like any model (its `forward` returns a one-element list).
 - `SideNet`, registered as `sidenet`: the MainNet (frozen: no gradients, BatchNorm kept in
@@ -27,7 +27,8 @@ from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import create_model, register_model
 from tradeoff.models.scan import BasicBlock, ResNetStem
 
-__all__ = ["PlainResNet", "SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main"]
+__all__ = ["PlainResNet", "SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main",
+           "small_strides"]
 
 
 class _Classifier(nn.Module):
@@ -109,11 +110,24 @@ class PlainResNet(MultiExitNet):
         return [self.logits(x)]
 
 
+def small_strides(input_size: Sequence[int]) -> tuple[int, int, int]:
+    """Strides of a 3-layer small ResNet for an H x W input: layer 3 always halves it, layer 2
+    too while that leaves more than 8 pixels a side (8x8 -> 8, 8, 4; 28x28 -> 28, 14, 7).
+
+    Raises:
+        ValueError: `input_size` is not two positive ints of at least 2.
+    """
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(size) < 2:
+        raise ValueError(f"input_size must be (H, W) with both >= 2; got {tuple(input_size)}")
+    return (1, 2 if min(size) // 2 > 8 else 1, 2)
+
+
 @register_model
-def mainnet_small(num_classes: int = 10, in_channels: int = 1) -> PlainResNet:
-    """Single-exit MainNet for 8x8 digits: scan_small's backbone (16/32/64 channels) + fc."""
+def mainnet_small(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (8, 8)) -> PlainResNet:
+    """Single-exit MainNet (16/32/64 channels) + fc, strided for `input_size` (8x8 digits by default)."""
     return PlainResNet((1, 1, 1), num_classes=num_classes, in_channels=in_channels, widths=(16, 32, 64),
-                       strides=(1, 1, 2), input_shape=(in_channels, 8, 8))
+                       strides=small_strides(input_size), input_shape=(in_channels, *(int(s) for s in input_size)))
 
 
 @register_model
