@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-fashion test bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): constraints.txt setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PY) -m tradeoff demo --out results/demo
 
+# Real data: needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist).
+demo-fashion: $(STAMP)
+	$(PY) -m tradeoff demo --data fashion-mnist --out results/fashion
+
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
@@ -25,4 +29,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --out results/bench
 
 clean:
-	rm -rf $(VENV) results/cache results/demo results/bench
+	rm -rf $(VENV) results/cache results/demo results/fashion results/bench

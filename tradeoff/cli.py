@@ -24,7 +24,8 @@ def _add_cache(sub) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint: tradeoff .pt, bare state_dict (.pth/.pt) or .safetensors")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
     p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
-    p.add_argument("--data", help="digits | cifar100:DIR | cifar10:DIR | npz:PATH (default: the checkpoint's, else digits)")
+    p.add_argument("--data", help="digits | cifar100:DIR | cifar10:DIR | fashion-mnist[:DIR] | mnist:DIR | npz:PATH "
+                                   "(default: the checkpoint's, else digits)")
     p.add_argument("--out", help="cache file to write (default: results/cache/<ckpt>-<data>.npz)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
@@ -110,9 +111,9 @@ def _add_train(sub) -> None:
     p.add_argument("--main", help="frozen MainNet checkpoint (SideNet only)")
     p.add_argument("--width-fraction", type=float, help="small network's share of channels (Adjoined only; default 0.5)")
     p.add_argument("--tap", type=int, help="SideNet only: the side head reads layer<TAP>'s output (default: the middle layer)")
-    p.add_argument("--epochs", type=int, help="default: 200 for CIFAR (the paper's schedule), 30 otherwise")
-    p.add_argument("--batch-size", type=int, help="default: 128 for CIFAR, 64 otherwise")
-    p.add_argument("--lr", type=float, help="default: 0.1 SGD for CIFAR, 3e-3 Adam otherwise")
+    p.add_argument("--epochs", type=int, help="default: 200 for CIFAR (the paper's schedule), 5 for MNIST layouts, 30 otherwise")
+    p.add_argument("--batch-size", type=int, help="default: 128 for CIFAR, 256 for MNIST layouts, 64 otherwise")
+    p.add_argument("--lr", type=float, help="default: 0.1 SGD for CIFAR, 4e-3 Adam one-cycle for MNIST layouts, 3e-3 Adam otherwise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for small data, all cores for CIFAR)")
@@ -161,7 +162,9 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train the embedded default, cache it, search it, plot it")
     p.add_argument("--out", default="results/demo", help="run directory to write (an old demo there is replaced)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="training epochs (default: the digits schedule)")
+    p.add_argument("--data", default="digits", choices=("digits", "fashion-mnist"),
+                   help="digits (embedded, ~1 min) or fashion-mnist (Debian's dataset-fashion-mnist, a few minutes)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the data's schedule)")
     p.set_defaults(func=_cmd_demo)
 
 

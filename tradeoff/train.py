@@ -160,7 +160,8 @@ SMALL_CONFIG = TrainConfig(
 
 
 # MNIST-layout data (Fashion-MNIST, 60,000 28x28 training images) with `scan_cnn`: a few
-# epochs of Adam under a one-cycle schedule, batch 256, channels-last (measured: issue 10 notes).
+# epochs of Adam under a one-cycle schedule, batch 256, channels-last. Measured (issue 10, 1
+# thread of a shared 2-core machine, ~1,490 img/s): 202 s, test accuracy 89.1 / 91.1 / 91.3%.
 MNIST_CONFIG = TrainConfig(
     epochs=5, batch_size=256, optimizer="adam", lr=4e-3, weight_decay=0.0, schedule="onecycle", augment="none",
     channels_last=True,
@@ -629,8 +630,10 @@ def train_command(args) -> int:
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1; got {threads}")
-    if threads is None and len(dataset) < 20_000:
-        threads = 1  # small data and models: thread start-up costs more than the convolutions
+    if threads is None and not dataset.name.startswith("cifar"):
+        # small models: thread start-up costs more than the convolutions; on a shared 2-core
+        # machine scan_cnn on Fashion-MNIST measured 1,534 img/s on 1 thread, 313 on 2.
+        threads = 1
     if threads:
         torch.set_num_threads(int(threads))
     config = default_config(
