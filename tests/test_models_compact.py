@@ -131,3 +131,19 @@ def test_scan_cnn_trains_on_idx_files_and_the_checkpoint_rebuilds_it(tmp_path, t
     with torch.no_grad():
         out = loaded[0].model.eval()(torch.as_tensor(data.x))
     assert len(out) == 3 and out[0].shape == (40, 10)
+
+
+@pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (Debian package dataset-fashion-mnist)",
+)
+def test_scan_cnn_learns_real_fashion_mnist_quickly(tmp_path):
+    import dataclasses
+
+    ds = load_data("fashion-mnist", splits=("train", "val"))
+    rows = np.concatenate([np.flatnonzero(ds.split == "train")[:3000], np.flatnonzero(ds.split == "val")[:1000]])
+    small = dataclasses.replace(ds, x=ds.x[rows], y=ds.y[rows], split=ds.split[rows])
+    config = default_config(ds.name, epochs=2, batch_size=128)
+    result = train_model("scan_cnn", out=tmp_path / "m.pt", config=config, dataset=small, **QUIET)
+    assert min(result.best_val_accuracy) > 0.6  # chance is 0.1; 3,000 images, two epochs
+    assert load_checkpoint(tmp_path / "m.pt").model.input_shape == (1, 28, 28)
