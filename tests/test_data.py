@@ -227,7 +227,9 @@ def test_npz_not_an_archive(tmp_path):
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("mnist", r"unknown data spec 'mnist'; expected one of digits, cifar100:DIR, cifar10:DIR or npz:PATH$"),
+        ("kmnist", r"unknown data spec 'kmnist'; expected one of digits, cifar100:DIR, cifar10:DIR, "
+                   r"fashion-mnist\[:DIR\], mnist:DIR or npz:PATH$"),
+        ("mnist", r"unknown data spec 'mnist'.* \(add the location: mnist:DIR, or use fashion-mnist\)$"),
         ("cifar100", r"add the location: cifar100:DIR"),
         ("npz", r"add the file: npz:PATH"),
         ("cifar10:", r"needs a directory: cifar10:DIR"),
@@ -243,3 +245,144 @@ def test_bad_splits_argument():
     with pytest.raises(ValueError, match=r"splits must be a non-empty selection of \('train', 'val', 'test'\); got \('dev',\)"):
         load_data("digits", splits=("dev",))
     assert len(load_data("digits", splits="val")) == 359
+
+
+# ---------------------------------------------------------------- MNIST IDX layout written here
+
+FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not FASHION_DIR.is_dir(),
+    reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (Debian package dataset-fashion-mnist)",
+)
+
+
+def _idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    array = np.asarray(array, dtype=np.uint8)
+    magic = (0x0800 | array.ndim) if magic is None else magic
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def _write_mnist(root: pathlib.Path, n_train=12, n_test=10, size=(5, 4), gz=True, seed=0):
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, *size), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, *size), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        data = _idx_bytes(array)
+        if gz:
+            (root / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (root / name).write_bytes(data)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_layout_values_normalisation_and_splits(tmp_path, gz):
+    arrays = _write_mnist(tmp_path / "m", gz=gz)
+    d = load_data(f"mnist:{tmp_path / 'm'}", splits=("train", "val", "test"))
+    train_px = arrays["train-images-idx3-ubyte"].astype(np.float64) / 255
+    mean, std = train_px.mean(), train_px.std()
+    assert d.x.dtype == np.float32 and d.x.shape == (22, 1, 5, 4) and d.input_shape == (1, 5, 4)
+    assert d.name == "mnist" and d.num_classes == 10
+    # train rows first, in file order, normalised with the training file's statistics
+    np.testing.assert_allclose(d.x[:12, 0], (train_px - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(d.y[:12], arrays["train-labels-idx1-ubyte"])
+    # the test file: first half of default_rng(0).permutation(10) val, the rest test (CIFAR's rule)
+    order = np.random.default_rng(0).permutation(10)
+    test_split = d.split[12:]
+    assert sorted(np.flatnonzero(test_split == "val").tolist()) == sorted(order[:5].tolist())
+    test_px = arrays["t10k-images-idx3-ubyte"].astype(np.float64) / 255
+    np.testing.assert_allclose(d.x[12:, 0], (test_px - mean) / std, rtol=1e-5, atol=1e-5)
+    # val/test only: the same rows and values (normalisation still from the training file)
+    only = load_data(f"mnist:{tmp_path / 'm'}")
+    np.testing.assert_array_equal(only.x, d.x[12:])
+    assert set(only.split.tolist()) == {"val", "test"}
+
+
+def test_mnist_fingerprint_ignores_gzip_and_spec(tmp_path):
+    _write_mnist(tmp_path / "gz", gz=True)
+    _write_mnist(tmp_path / "raw", gz=False)
+    a, b = load_data(f"mnist:{tmp_path / 'gz'}"), load_data(f"fashion-mnist:{tmp_path / 'raw'}")
+    assert a.fingerprint == b.fingerprint and b.name == "fashion-mnist"
+    _write_mnist(tmp_path / "other", seed=1)
+    assert load_data(f"mnist:{tmp_path / 'other'}").fingerprint != a.fingerprint
+
+
+def test_mnist_missing_folder_names_the_debian_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist"):
+        load_data(f"fashion-mnist:{tmp_path / 'nope'}")
+    with pytest.raises(FileNotFoundError, match=r"mnist directory .*nope does not exist; expected a folder"):
+        load_data(f"mnist:{tmp_path / 'nope'}")
+    with pytest.raises(ValueError, match=r"add the location: mnist:DIR"):
+        load_data("mnist")
+
+
+def test_mnist_folder_with_only_some_files(tmp_path):
+    _write_mnist(tmp_path / "m")
+    (tmp_path / "m" / "t10k-labels-idx1-ubyte.gz").unlink()
+    (tmp_path / "m" / "train-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks train-images-idx3-ubyte, t10k-labels-idx1-ubyte \(raw or \.gz"):
+        load_data(f"mnist:{tmp_path / 'm'}")
+
+
+def _damage(folder: pathlib.Path, name: str, data: bytes):
+    (folder / f"{name}.gz").unlink()
+    (folder / name).write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    "name, make, match",
+    [
+        ("train-images-idx3-ubyte", lambda a: _idx_bytes(a, magic=0x0801), r"magic number 0x00000801, expected 0x00000803"),
+        ("t10k-labels-idx1-ubyte", lambda a: _idx_bytes(a, magic=0x0803), r"magic number 0x00000803, expected 0x00000801"),
+        ("train-labels-idx1-ubyte", lambda a: _idx_bytes(a[:-1]), r"holds 12 images but .* holds 11 labels"),
+        ("t10k-images-idx3-ubyte", lambda a: _idx_bytes(a)[:-7], r"header declares shape \(10, 5, 4\) .* truncated"),
+        ("t10k-images-idx3-ubyte", lambda a: b"\x00\x00", r"fewer than an IDX header"),
+    ],
+)
+def test_mnist_bad_idx_files(tmp_path, name, make, match):
+    arrays = _write_mnist(tmp_path / "m")
+    _damage(tmp_path / "m", name, make(arrays[name]))
+    with pytest.raises(ValueError, match=match):
+        load_data(f"mnist:{tmp_path / 'm'}")
+
+
+def test_mnist_truncated_gzip(tmp_path):
+    _write_mnist(tmp_path / "m")
+    path = tmp_path / "m" / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz is a damaged or truncated gzip file"):
+        load_data(f"mnist:{tmp_path / 'm'}")
+
+
+def test_mnist_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    from tradeoff.commands import main
+
+    _write_mnist(tmp_path / "m")
+    path = tmp_path / "m" / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:20])
+    out = tmp_path / "model.pt"
+    assert main(["train", "--arch", "scan_cnn", "--data", f"mnist:{tmp_path / 'm'}", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged or truncated gzip" in err and not out.exists()
+
+
+@needs_fashion
+def test_fashion_mnist_real_files():
+    d = load_data("fashion-mnist", splits=("train", "val", "test"))
+    counts = {s: int((d.split == s).sum()) for s in ("train", "val", "test")}
+    assert counts == {"train": 60000, "val": 5000, "test": 5000}
+    assert d.input_shape == (1, 28, 28) and d.num_classes == 10 and d.name == "fashion-mnist"
+    train = d.x[d.split == "train"]
+    assert abs(float(train.mean())) < 1e-4 and abs(float(train.std()) - 1) < 1e-4
+    assert np.bincount(d.y[d.split == "train"]).tolist() == [6000] * 10
+    # test labels are balanced (1,000 a class); val + test together are the whole test file
+    assert np.bincount(d.y[d.split != "train"]).tolist() == [1000] * 10
+    assert load_data(f"mnist:{FASHION_DIR}").fingerprint == load_data("fashion-mnist").fingerprint

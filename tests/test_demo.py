@@ -59,3 +59,12 @@ def test_demo_replaces_an_old_run_and_refuses_a_file(demo, tmp_path, capsys):
     target.write_text("x")
     assert main(["demo", "--out", str(target), "--epochs", "1"]) == 1
     assert "is an existing file" in capsys.readouterr().err
+
+
+def test_demo_data_choices(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"--data 'cifar10' has no demo; choose one of digits, fashion-mnist"):
+        run_demo(tmp_path / "d", data="cifar10", progress=False, log=lambda line: None)
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", "npz:x.npz", "--out", str(tmp_path / "d")])
+    assert "invalid choice: 'npz:x.npz'" in capsys.readouterr().err

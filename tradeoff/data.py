@@ -9,6 +9,10 @@ Specs (the `--data` argument):
     `batches.meta`), DIR being that folder or its parent; SCAN's normalisation, float32
     (N, 3, 32, 32). train = the training file(s); the test file is split into val (first
     half of `default_rng(0).permutation(n_test)`) and test (the rest).
+  * `fashion-mnist[:DIR]`, `mnist:DIR` — the MNIST IDX layout (MNIST, Fashion-MNIST, KMNIST;
+    raw or `.gz`), float32 (N, 1, H, W) normalised with the training file's pixel mean/std,
+    split like CIFAR; `fashion-mnist` alone reads Debian's `dataset-fashion-mnist`
+    (/usr/share/datasets/fashion-mnist). See data_mnist.py.
   * `npz:PATH` — arrays `x` (fed to the model as it is, cast to float32), `y` (integers),
     optional `split` (train/val/test); without `split`, rows are split half/half into val
     and test by `default_rng(0).permutation(N)` (first N//2 val).
@@ -32,7 +36,7 @@ import numpy as np
 
 from tradeoff.cache.format import SPLIT_NAMES
 
-SPECS_HELP = "digits, cifar100:DIR, cifar10:DIR or npz:PATH"
+SPECS_HELP = "digits, cifar100:DIR, cifar10:DIR, fashion-mnist[:DIR], mnist:DIR or npz:PATH"
 # SCAN's CIFAR normalisation (per RGB channel).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -89,6 +93,12 @@ def load_data(spec: str = "digits", *, splits=("val", "test")) -> Dataset:
         if not arg:
             raise ValueError(f"data spec {spec!r} needs a directory: {kind}:DIR")
         x, y, split, num_classes, name = _cifar(kind, Path(arg), wanted)
+    elif kind == "fashion-mnist" or (kind == "mnist" and sep and arg):
+        from tradeoff.data_mnist import FASHION_MNIST_DIR
+
+        directory = Path(arg) if arg else FASHION_MNIST_DIR
+        x, y, split, num_classes, name = _mnist(kind, directory, wanted)
+        kind = "mnist-idx"  # one fingerprint for the same files, whichever spec named them
     elif kind == "npz" and sep:
         if not arg:
             raise ValueError(f"data spec {spec!r} needs a file: npz:PATH")
@@ -97,6 +107,7 @@ def load_data(spec: str = "digits", *, splits=("val", "test")) -> Dataset:
     else:
         hint = f" (add the location: {kind}:DIR)" if kind in ("cifar10", "cifar100") else ""
         hint = " (add the file: npz:PATH)" if kind == "npz" else hint
+        hint = " (add the location: mnist:DIR, or use fashion-mnist)" if kind == "mnist" else hint
         raise ValueError(f"unknown data spec {spec!r}; expected one of {SPECS_HELP}{hint}")
 
     keep = np.isin(split, wanted)
@@ -306,6 +317,43 @@ def _cifar(kind: str, directory: Path, wanted: tuple[str, ...]):
 
 
 # ---------------------------------------------------------------- npz
+
+
+def _mnist(kind: str, directory: Path, wanted: tuple[str, ...]):
+    """(x, y, split, num_classes, name) of an MNIST-layout folder, rows of `wanted` splits only.
+
+    x is float32 (N, 1, H, W), normalised with the training file's pixel mean/std;
+    num_classes is 1 + the largest label in either file.
+    """
+    from tradeoff.data_mnist import find_idx_files, pixel_mean_std, read_pair
+
+    files = find_idx_files(directory, kind)
+    train_x, train_y = read_pair(files["train_images"], files["train_labels"])
+    test_x, test_y = read_pair(files["test_images"], files["test_labels"])
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(
+            f"{kind}: training images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}; "
+            "the files must come from the same dataset"
+        )
+    mean, std = pixel_mean_std(train_x)
+    if std == 0:
+        raise ValueError(f"{files['train_images']}: every pixel has the same value; is it a real image file?")
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    parts, labels, splits = [], [], []
+    if "train" in wanted:
+        parts.append(train_x)
+        labels.append(train_y)
+        splits.append(np.full(len(train_y), "train", dtype="<U5"))
+    if {"val", "test"} & set(wanted):
+        split = val_test_halves(len(test_y))
+        keep = np.isin(split, wanted)
+        parts.append(test_x[keep])
+        labels.append(test_y[keep])
+        splits.append(split[keep])
+    x = np.concatenate(parts).astype(np.float32)[:, None]
+    x -= np.float32(mean * 255.0)
+    x *= np.float32(1.0 / (255.0 * std))
+    return x, np.concatenate(labels).astype(np.int64), np.concatenate(splits), num_classes, kind
 
 
 def _npz(path: Path):

@@ -18,7 +18,7 @@ here run is silently counted as zero):
 | `sigmoid` | 1 per output element (the attention mask) | here |
 | `avg_pool2d` | kernel area per output element (the additions of each window) | here |
 | `mean` | 1 per input element, like adaptive pooling | here |
-| `relu`, `relu_`, `flatten`, `view`, `reshape` | 0: a comparison or a shape change, no multiply-add | explicit zero |
+| `relu`, `relu_`, `max_pool2d`, `flatten`, `view`, `reshape` | 0: comparisons or a shape change, no multiply-add | explicit zero |
 
 Any other op fvcore meets without a handle is listed in `ExitCosts.unsupported_ops`
 (op name -> times seen) and stored in the cache meta, never hidden.
@@ -77,7 +77,7 @@ def _zero(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 _ELEMENTWISE_OPS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "sigmoid", "sigmoid_")
-_ZERO_COST_OPS = ("relu", "relu_", "flatten", "view", "reshape")
+_ZERO_COST_OPS = ("relu", "relu_", "max_pool2d", "flatten", "view", "reshape")
 
 #: Handles added to fvcore's defaults (see the module docstring for the convention).
 EXTRA_OP_HANDLES: dict[str, Callable] = {

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint: tradeoff .pt, bare state_dict (.pth/.pt) or .safetensors")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
     p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
-    p.add_argument("--data", help="digits | cifar100:DIR | cifar10:DIR | npz:PATH (default: the checkpoint's, else digits)")
+    p.add_argument("--data", help="digits | cifar100:DIR | cifar10:DIR | fashion-mnist[:DIR] | mnist:DIR | npz:PATH "
+                                   "(default: the checkpoint's, else digits)")
     p.add_argument("--out", help="cache file to write (default: results/cache/<ckpt>-<data>.npz)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")

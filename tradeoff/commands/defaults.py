@@ -12,6 +12,7 @@ from pathlib import Path
 DEFAULT_RESULTS_DIR = Path("results")
 DEFAULT_CACHE_DIR = DEFAULT_RESULTS_DIR / "cache"
 DEFAULT_DEMO_DIR = DEFAULT_RESULTS_DIR / "demo"
+DEFAULT_FASHION_DIR = DEFAULT_RESULTS_DIR / "fashion"  # `tradeoff demo --data fashion-mnist`
 
 
 def default_cache_path(ckpt: str | os.PathLike, data_name: str) -> Path:

@@ -21,6 +21,7 @@ large (the cascade ran both) and `baseline_flops` is the large network alone.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from torch.nn import functional as F
 
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import register_model
-from tradeoff.models.resnet import BasicBlock, PlainResNet
+from tradeoff.models.resnet import BasicBlock, PlainResNet, small_strides
 
 __all__ = ["AdjoinedNet", "adjoined_small", "adjoined_resnet18", "small_width"]
 
@@ -139,10 +140,12 @@ class AdjoinedNet(MultiExitNet):
 
 
 @register_model
-def adjoined_small(num_classes: int = 10, in_channels: int = 1, width_fraction: float = 0.5) -> AdjoinedNet:
-    """Adjoined pair for 8x8 digits: a 32/64/128-channel ResNet and its first `width_fraction`."""
+def adjoined_small(num_classes: int = 10, in_channels: int = 1, width_fraction: float = 0.5,
+                   input_size: Sequence[int] = (8, 8)) -> AdjoinedNet:
+    """Adjoined pair (a 32/64/128-channel ResNet and its first `width_fraction`), strided for
+    `input_size` like `mainnet_small` (8x8 digits by default)."""
     large = PlainResNet((1, 1, 1), num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128),
-                        strides=(1, 1, 2), input_shape=(in_channels, 8, 8))
+                        strides=small_strides(input_size), input_shape=(in_channels, *(int(s) for s in input_size)))
     return AdjoinedNet(large, width_fraction=width_fraction)
 
 

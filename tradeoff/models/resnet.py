@@ -156,3 +156,16 @@ class PlainResNet(MultiExitNet):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [self.logits(x)]
+
+
+def small_strides(input_size: Sequence[int]) -> tuple[int, int, int]:
+    """Strides of a 3-layer small ResNet for an H x W input: layer 3 always halves it, layer 2
+    too while that leaves more than 8 pixels a side (8x8 -> 8, 8, 4; 28x28 -> 28, 14, 7).
+
+    Raises:
+        ValueError: `input_size` is not two positive ints of at least 2.
+    """
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(size) < 2:
+        raise ValueError(f"input_size must be (H, W) with both >= 2; got {tuple(input_size)}")
+    return (1, 2 if min(size) // 2 > 8 else 1, 2)

@@ -1,7 +1,7 @@
 """SideNet (Morisot 2020): a small side classifier on a frozen MainNet's intermediate feature.
 
 Two parts:
-- `PlainResNet`, registered as `mainnet_small` (8x8 digits) and `mainnet_resnet18` (32x32
+- `PlainResNet`, registered as `mainnet_small` (8x8 digits, or any `input_size`) and `mainnet_resnet18` (32x32
   CIFAR): an ordinary single-exit ResNet built from SCAN's `BasicBlock`, trained with
   `tradeoff train` like any model (its `forward` returns a one-element list).
 - `SideNet`, registered as `sidenet`: the MainNet (frozen: no gradients, BatchNorm kept in
@@ -16,22 +16,23 @@ A SideNet checkpoint is self-contained: its state_dict holds the MainNet's weigh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import create_model, register_model
-from tradeoff.models.resnet import PlainResNet
+from tradeoff.models.resnet import PlainResNet, small_strides
 
-__all__ = ["PlainResNet", "SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main"]
+__all__ = ["SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main"]
 
 
 @register_model
-def mainnet_small(num_classes: int = 10, in_channels: int = 1) -> PlainResNet:
-    """Single-exit MainNet for 8x8 digits: scan_small's backbone (16/32/64 channels) + fc."""
+def mainnet_small(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (8, 8)) -> PlainResNet:
+    """Single-exit MainNet (16/32/64 channels) + fc, strided for `input_size` (8x8 digits by default)."""
     return PlainResNet((1, 1, 1), num_classes=num_classes, in_channels=in_channels, widths=(16, 32, 64),
-                       strides=(1, 1, 2), input_shape=(in_channels, 8, 8))
+                       strides=small_strides(input_size), input_shape=(in_channels, *(int(s) for s in input_size)))
 
 
 @register_model

@@ -118,13 +118,16 @@ class TrainConfig:
         lr: initial learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty (coupled, as torch's SGD / Adam do).
-        schedule: "step" (lr / 10 at each of `milestones` epochs) or "cosine".
+        schedule: "step" (lr / 10 at each of `milestones` epochs), "cosine" or "onecycle"
+            (torch's OneCycleLR: warm up to `lr` over the first 30% of steps, then anneal).
         milestones: epochs at which the step schedule divides lr by 10.
         augment: "crop_flip" (CIFAR: pad 4 + random crop + horizontal flip), "shift"
             (random shift of up to 1 pixel, no flip: flips break digits) or "none".
         temperature, alpha, hint_weight: SCAN / Adjoined loss settings (see the losses).
         seed: seeds the weights, the shuffling and the augmentation.
         device: torch device name.
+        channels_last: train with weights and batches in channels-last memory order
+            (faster convolutions on CPU; the values are the same).
     """
 
     epochs: int
@@ -141,6 +144,7 @@ class TrainConfig:
     hint_weight: float = DEFAULT_HINT_WEIGHT
     seed: int = 0
     device: str = "cpu"
+    channels_last: bool = False
 
 
 CIFAR_CONFIG = TrainConfig(
@@ -155,12 +159,26 @@ SMALL_CONFIG = TrainConfig(
 )
 
 
+# MNIST-layout data (Fashion-MNIST, 60,000 28x28 training images) with `scan_cnn`: a few
+# epochs of Adam under a one-cycle schedule, batch 256, channels-last. Measured (issue 10, 1
+# thread of a shared 2-core machine, ~1,490 img/s): 202 s, test accuracy 89.1 / 91.1 / 91.3%.
+MNIST_CONFIG = TrainConfig(
+    epochs=5, batch_size=256, optimizer="adam", lr=4e-3, weight_decay=0.0, schedule="onecycle", augment="none",
+    channels_last=True,
+)
+MNIST_DATA_NAMES = ("fashion-mnist", "mnist")
+
+
 def default_config(data_name: str, **overrides) -> TrainConfig:
-    """The paper's CIFAR schedule for CIFAR data, the short one otherwise; then `overrides`.
+    """The paper's CIFAR schedule for CIFAR data, a one-cycle one for MNIST-layout data, the
+    short digits one otherwise; then `overrides`.
 
     `None` values in `overrides` mean "keep the default" (as the CLI passes them).
     """
-    base = CIFAR_CONFIG if data_name.startswith("cifar") else SMALL_CONFIG
+    if data_name.startswith("cifar"):
+        base = CIFAR_CONFIG
+    else:
+        base = MNIST_CONFIG if data_name in MNIST_DATA_NAMES else SMALL_CONFIG
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - set(TrainConfig.__dataclass_fields__))
     if unknown:
@@ -179,8 +197,8 @@ def _validate_config(config: TrainConfig) -> None:
         raise ValueError(f"--lr must be a positive number; got {config.lr}")
     if config.optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {config.optimizer!r}")
-    if config.schedule not in ("step", "cosine"):
-        raise ValueError(f"schedule must be 'step' or 'cosine'; got {config.schedule!r}")
+    if config.schedule not in ("step", "cosine", "onecycle"):
+        raise ValueError(f"schedule must be 'step', 'cosine' or 'onecycle'; got {config.schedule!r}")
     if config.augment not in ("crop_flip", "shift", "none"):
         raise ValueError(f"augment must be 'crop_flip', 'shift' or 'none'; got {config.augment!r}")
     if not 0.0 <= config.alpha <= 1.0:
@@ -295,7 +313,7 @@ def _check_out_path(out: str | os.PathLike) -> Path:
 
 
 def _builder_kwargs(arch: str, dataset, arch_kwargs: dict | None) -> dict:
-    """num_classes (and in_channels where the builder takes it) from the data, then the user's."""
+    """num_classes (and in_channels, input_size where the builder takes them) from the data, then the user's."""
     from tradeoff.models import resolve_builder
 
     builder = resolve_builder(arch)
@@ -305,6 +323,8 @@ def _builder_kwargs(arch: str, dataset, arch_kwargs: dict | None) -> dict:
         kwargs["num_classes"] = int(dataset.num_classes)
     if "in_channels" in params and len(dataset.input_shape) == 3:
         kwargs["in_channels"] = int(dataset.input_shape[0])
+    if "input_size" in params and len(dataset.input_shape) == 3:
+        kwargs["input_size"] = [int(d) for d in dataset.input_shape[1:]]  # a list: checkpoints hold plain values
     kwargs.update(arch_kwargs or {})
     return kwargs
 
@@ -407,6 +427,8 @@ def _make_optimizer(params, config: TrainConfig, steps_per_epoch: int):
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+    elif config.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
     else:  # epoch milestones, stepped per batch
         milestones = [m * steps_per_epoch for m in config.milestones]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
@@ -518,7 +540,8 @@ def train_model(
     model, built_kwargs = build_model(arch, dataset, arch_kwargs=arch_kwargs, main=main, trust=trust, seed=config.seed)
     num_exits = check_model_fits(model, arch, dataset)
     device = torch.device(config.device)
-    model.to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     objective = _objective(model)
     # The kept checkpoint is chosen on the deepest exit's val accuracy; a SideNet's deepest
     # exit is its frozen MainNet, so there the side head (exit 1) is what training changes.
@@ -545,7 +568,7 @@ def train_model(
             total, seen = 0.0, 0
             for start in range(0, n, config.batch_size):
                 idx = order[start:start + config.batch_size]
-                xb = _augment(x_train[idx], config.augment, aug_gen).to(device)
+                xb = _augment(x_train[idx], config.augment, aug_gen).to(device, memory_format=memory_format)
                 yb = y_train[idx].to(device)
                 loss = _batch_loss(model, objective, xb, yb, config)
                 if not torch.isfinite(loss):
