@@ -34,9 +34,8 @@ def run(args) -> int:
     from tradeoff.fileio import sha256_file, write_json_atomic
     from tradeoff.flops import exit_costs
     from tradeoff.policy.rule import read_rule
-    from tradeoff.runtime.early_exit import (
-        EarlyExitModel, cache_agreement, evaluate_runtime, model_stages, report_document, report_table,
-    )
+    from tradeoff.runtime.early_exit import EarlyExitModel, model_stages
+    from tradeoff.runtime.report import cache_agreement, evaluate_runtime, report_document, report_table
     import torch
 
 
