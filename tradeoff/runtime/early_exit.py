@@ -188,31 +188,41 @@ class EarlyExitModel(nn.Module):
         n = x.shape[0]
         predictions = np.empty(n, dtype=np.int64)
         exits = np.empty(n, dtype=np.int64)
-        alive = np.arange(n)  # original row of each sample still in flight
-        history = []  # (n, C) logits of exits 1..k of the samples in flight
-        last = self.num_exits - 1
+        state = (x, np.arange(n), [])  # (inputs in flight, their original rows, their logits so far)
         for k in range(self.num_exits):
-            x = self._sections[k](x)
-            history.append(self._heads[k](x).cpu().numpy())
-            if not self.ensemble:
-                history = history[-1:]
-            conf, answer = self._decide(k, history)
-            if k == last:
-                predictions[alive] = answer
-                exits[alive] = k
+            x = self._sections[k](state[0])
+            state = self._exit_batch(k, x, self._heads[k](x), state[1], state[2], predictions, exits)
+            if state is None:
                 break
-            leave = conf >= self._thresholds[k]
-            if leave.any():
-                gone = alive[leave]
-                predictions[gone] = answer[leave]
-                exits[gone] = k
-                stay = np.flatnonzero(~leave)
-                if stay.size == 0:
-                    break
-                alive = alive[stay]
-                x = x.index_select(0, torch.from_numpy(stay).to(x.device))
-                history = [h[stay] for h in history]
         return EarlyExitOutput(torch.from_numpy(predictions), torch.from_numpy(exits))
+
+    def _exit_batch(self, k: int, x: torch.Tensor, logits: torch.Tensor, alive: np.ndarray, history: list,
+                    predictions: np.ndarray, exits: np.ndarray):
+        """The exit decision at exit k for a batch in flight: the confident samples leave.
+
+        Writes the answers and exits of the leaving samples into `predictions`/`exits`
+        (at their original rows `alive`) and returns the (features, rows, logits history)
+        still in flight, or None when none is left. `runtime.profile` times this very
+        method as "the exit decision" of a batch.
+        """
+        history = history + [logits.cpu().numpy()] if self.ensemble else [logits.cpu().numpy()]
+        conf, answer = self._decide(k, history)
+        if k == self.num_exits - 1:
+            predictions[alive] = answer
+            exits[alive] = k
+            return None
+        leave = conf >= self._thresholds[k]
+        if leave.any():
+            gone = alive[leave]
+            predictions[gone] = answer[leave]
+            exits[gone] = k
+            stay = np.flatnonzero(~leave)
+            if stay.size == 0:
+                return None
+            alive = alive[stay]
+            x = x.index_select(0, torch.from_numpy(stay).to(x.device))
+            history = [h[stay] for h in history]
+        return x, alive, history
 
     def _forward_one(self, x: torch.Tensor) -> EarlyExitOutput:
         """Batch size 1: no masks, no index bookkeeping; stop at the first confident exit.
@@ -222,29 +232,36 @@ class EarlyExitModel(nn.Module):
         threshold, or the top two classes are that close, does the exact NumPy rule
         decide - so the outcome is always the exact rule's.
         """
-        history = []  # (1, C) logits tensors of the exits run so far, for the exact rule
-        running = [] if self.ensemble else None  # approximate ensemble sum, Python floats
-        use_quick = True  # False once an ensemble's running sum is lost to NaN/inf logits
-        last = self.num_exits - 1
+        state = ([], [] if self.ensemble else None, True)
         for k in range(self.num_exits):
             x = self._sections[k](x)
-            logits = self._heads[k](x)
-            history.append(logits)
-            threshold = self._thresholds[k]
-            quick = None
-            if use_quick:
-                quick, running = _quick_decision(logits.tolist()[0], self._temps_float[k], self.confidence, threshold,
-                                                 running, k)
-                use_quick = running is not None or not self.ensemble
-            if quick is None:
-                conf, answer = self._decide(k, [h.cpu().numpy() for h in history])
-                leave, answer = k == last or bool(conf[0] >= threshold), int(answer[0])
-            else:
-                leave, answer = quick
-                leave = leave or k == last
+            leave, answer, state = self._exit_one(k, self._heads[k](x), state)
             if leave:  # torch.full: a third of torch.tensor([v])'s cost
                 return EarlyExitOutput(torch.full((1,), answer, dtype=torch.int64), torch.full((1,), k, dtype=torch.int64))
         raise AssertionError("unreachable: the deepest exit always answers")  # pragma: no cover
+
+    def _exit_one(self, k: int, logits: torch.Tensor, state: tuple) -> tuple[bool, int, tuple]:
+        """The exit decision at exit k for one sample: (leave, answer, new state).
+
+        `state` is (history, running, use_quick): the (1, C) logits tensors of the exits
+        run so far (for the exact rule), the approximate ensemble sum in Python floats
+        (None without ensemble), and False once that sum is lost to NaN/inf logits.
+        `runtime.profile` times this very method as "the exit decision" at batch 1.
+        """
+        history, running, use_quick = state
+        history.append(logits)
+        threshold = self._thresholds[k]
+        last = k == self.num_exits - 1
+        quick = None
+        if use_quick:
+            quick, running = _quick_decision(logits.tolist()[0], self._temps_float[k], self.confidence, threshold,
+                                             running, k)
+            use_quick = running is not None or not self.ensemble
+        if quick is None:
+            conf, answer = self._decide(k, [h.cpu().numpy() for h in history])
+            return last or bool(conf[0] >= threshold), int(answer[0]), (history, running, use_quick)
+        leave, answer = quick
+        return leave or last, answer, (history, running, use_quick)
 
     def deepest(self, x: torch.Tensor) -> torch.Tensor:
         """The original single-exit network: sections 1..K and head K only (inference mode).
