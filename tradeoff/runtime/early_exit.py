@@ -26,6 +26,7 @@ latency profile in `runtime.profile`.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import NamedTuple
 
@@ -124,6 +125,27 @@ class EarlyExitModel(nn.Module):
         self._thresholds = list(t) + [None]
         self._temps = temps
         self._temps_float = [float(T) for T in temps]
+
+    def with_rule(self, rule: ExitRule) -> "EarlyExitModel":
+        """The same runner (same modules, same compiled graphs) under another exit rule.
+
+        A shallow copy: cheap, and a compiled runner is not traced again. The latency
+        profile uses it to send every sample out at one exit.
+
+        Raises:
+            TypeError / ValueError: as the constructor.
+        """
+        if not isinstance(rule, ExitRule):
+            raise TypeError(f"rule must be a tradeoff ExitRule; got {type(rule).__name__}")
+        if rule.num_exits != self.num_exits:
+            raise ValueError(f"rule has {rule.num_exits} exits but the model has {self.num_exits}")
+        other = copy.copy(self)
+        other.__dict__ = dict(self.__dict__)
+        other.rule, other.confidence, other.ensemble = rule, rule.confidence, bool(rule.ensemble)
+        other._thresholds = list(rule.threshold_array()) + [None]
+        other._temps = rule.temperature_array()
+        other._temps_float = [float(T) for T in other._temps]
+        return other
 
     @property
     def thresholds(self) -> np.ndarray:
