@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--compiled", action="store_true",
                    help="run both the early-exit model and the original network as frozen TorchScript graphs "
                         "(batch norm folded: faster at small batch; logits may differ in the last float32 bits)")
+    p.add_argument("--latency", help="device latency profile (latency.json): prints the predicted ms/sample beside "
+                                     "the measured one (default: the profile the thresholds were chosen with, if any)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
     p.set_defaults(func=run)
@@ -66,6 +68,7 @@ def run(args) -> int:
     runner = EarlyExitModel(loaded.model, tf.rule, compiled=compiled)
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
                               batch_size=args.batch_size, repeats=args.repeats, progress=True)
+    predicted = _predicted_latency(args, tf.path, loaded.sha256, K, report.exit_fractions, compiled)
     agreement = cache_agreement(args.cache, tf.rule, data.y, report) if args.cache else None
     out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
     doc = report_document(
@@ -87,11 +90,43 @@ def run(args) -> int:
         search_test=tf.test,
         cache_agreement=agreement,
         torch_version=torch.__version__,
+        **predicted,
     )
     write_json_atomic(out, doc)
     print(report_table(report, tf.thresholds, search_test=tf.test))
+    if predicted:
+        measured = report.latency.latency_ms
+        print(f"\npredicted latency {predicted['predicted_latency_ms']:.4g} ms/sample (profile "
+              f"{predicted['latency_profile']}), measured {measured:.4g}: measured / predicted "
+              f"{measured / predicted['predicted_latency_ms']:.3f}")
     if agreement is not None:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers")
     print(f"\nwrote {out}")
     return 0
+
+
+def _predicted_latency(args, thresholds_path, checkpoint_sha256: str, K: int, exit_fractions, compiled: bool) -> dict:
+    """{predicted_latency_ms, latency_profile} from --latency or the profile recorded in thresholds.json; {} if none."""
+    import json
+    import sys
+
+    from tradeoff.policy.latency import expected_latency_ms, read_latency_profile
+
+    path = args.latency
+    if not path:
+        recorded = json.loads(Path(thresholds_path).read_text()).get("latency") or {}
+        path = recorded.get("profile")
+        if not path:
+            return {}
+        if not Path(path).is_file():
+            print(f"tradeoff run: note: the thresholds were chosen with latency profile {path}, which is not here; "
+                  "pass --latency to print the predicted latency", file=sys.stderr)
+            return {}
+    profile = read_latency_profile(path, checkpoint_sha256=checkpoint_sha256, num_exits=K, batch_size=args.batch_size)
+    if bool(profile.meta.get("compiled")) != compiled:
+        print(f"tradeoff run: warning: latency profile {path} was measured {'with' if profile.meta.get('compiled') else 'without'} "
+              f"--compiled but this run is {'compiled' if compiled else 'eager'}; the prediction is for the other backend",
+              file=sys.stderr)
+    ms = float(expected_latency_ms(profile, exit_fractions, batch_size=args.batch_size))
+    return {"predicted_latency_ms": ms, "latency_profile": str(path)}

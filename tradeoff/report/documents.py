@@ -170,6 +170,7 @@ def thresholds_document(result) -> dict:
         seed=result.settings.seed,
         val=_figures(chosen.val),
         test=_figures(chosen.test, with_ci=chosen.test_accuracy_ci95),
+        **({"latency": result.latency} if getattr(result, "latency", None) else {}),
     )
 
 
