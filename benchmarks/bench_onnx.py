@@ -30,7 +30,8 @@ from tradeoff.runtime.onnx_export import export_early_exit, export_original, mak
 from tradeoff.flops import exit_costs
 from tradeoff.runtime.onnx_session import ort_session, run_session, time_sessions
 from tradeoff.policy.rule import ExitRule
-from tradeoff.runtime.early_exit import EarlyExitModel, measure_latency
+from tradeoff.runtime.early_exit import EarlyExitModel
+from tradeoff.runtime.timing import measure_latency
 
 NAME = "onnx"
 QUICK_UNSUPPORTED = "exporting the two ONNX graphs alone takes 10-30 s here; tests/test_export_onnx.py checks them"

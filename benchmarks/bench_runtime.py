@@ -40,8 +40,9 @@ from tradeoff.flops import exit_costs
 from tradeoff.models import create_model
 from tradeoff.policy.scoring import exit_table
 from tradeoff.policy.rule import ExitRule
-from tradeoff.runtime.early_exit import (EarlyExitModel, cache_agreement, evaluate_runtime, measure_latency, mkldnn_enabled,
-                              model_stages)
+from tradeoff.runtime.early_exit import EarlyExitModel, model_stages
+from tradeoff.runtime.report import cache_agreement, evaluate_runtime
+from tradeoff.runtime.timing import measure_latency, mkldnn_enabled
 
 NAME = "runtime"
 GOAL = 0.70

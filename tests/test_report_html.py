@@ -94,14 +94,16 @@ def test_certified_point_and_latency_are_drawn_when_the_run_has_them(run_dir, tm
     run, result = run_dir
     d = copy_run(run, tmp_path / "cert")
     doc = json.loads((d / "thresholds.json").read_text())
-    doc["certified"] = {"delta": 0.1, "thresholds": doc["thresholds"], "val": doc["val"], "test": doc["test"]}
-    doc["exit_ms"] = [0.5, 1.0, 2.0]
+    doc["guarantee"] = {"delta": 0.1, "accuracy_lower_bound": 0.8123, "p_value": 0.01}  # search.guarantee's keys
     (d / "thresholds.json").write_text(json.dumps(doc))
+    summary = json.loads((d / "summary.json").read_text())
+    summary["latency"] = {"batch_size": 1, "exit_path_ms": [0.5, 1.0, 2.0]}  # search.latency_report's keys
+    (d / "summary.json").write_text(json.dumps(summary))
     data = report_html.gather_report(d)
-    assert data.certified.label == "certified (delta = 0.1)" and data.exit_ms == (0.5, 1.0, 2.0)
+    assert data.certified.label == "certified (delta = 0.1; accuracy >= 0.8123)" and data.exit_ms == (0.5, 1.0, 2.0)
     fig = report_figures.pareto_figure(data)
     names = [t.name for t in fig.data]
-    assert "certified (delta = 0.1) (val)" in names
+    assert "certified (delta = 0.1; accuracy >= 0.8123) (val)" in names
     assert "latency:" in fig.data[0].hovertemplate
     # ms of a point = its exit shares . per-exit ms
     cols = report_figures.customdata_columns(3)

@@ -17,15 +17,9 @@ from tradeoff.models import create_model
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.policy.scoring import exit_indices, exit_table
 from tradeoff.policy.rule import ExitRule
-from tradeoff.runtime.early_exit import (
-    EarlyExitModel,
-    Latency,
-    evaluate_runtime,
-    measure_latency,
-    model_stages,
-    report_document,
-    run_early_exit,
-)
+from tradeoff.runtime.early_exit import EarlyExitModel, model_stages
+from tradeoff.runtime.report import evaluate_runtime, report_document
+from tradeoff.runtime.timing import Latency, measure_latency, run_early_exit
 
 K = 3  # scan_small's exits
 

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
                    help="torch (default) or onnxruntime: export both networks to ONNX and time them with "
                         "ONNX Runtime's CPU provider")
     p.add_argument("--opset", type=int, help="ONNX opset for --backend onnxruntime (default: the exporter's)")
+    p.add_argument("--latency", help="device latency profile (latency.json): prints the predicted ms/sample beside "
+                                     "the measured one (default: the profile the thresholds were chosen with, if any)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
     p.set_defaults(func=run)
@@ -66,9 +68,8 @@ def run(args) -> int:
     """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
     from tradeoff.fileio import write_json_atomic
     from tradeoff.flops import exit_costs
-    from tradeoff.runtime.early_exit import (
-        EarlyExitModel, cache_agreement, evaluate_runtime, report_document, report_table,
-    )
+    from tradeoff.runtime.early_exit import EarlyExitModel
+    from tradeoff.runtime.report import cache_agreement, evaluate_runtime, report_document, report_table
     import torch
 
     for name in ("batch_size", "repeats", "threads"):
@@ -83,6 +84,7 @@ def run(args) -> int:
     runner = EarlyExitModel(loaded.model, tf.rule, compiled=compiled)
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
                               batch_size=args.batch_size, repeats=args.repeats, progress=True)
+    predicted = _predicted_latency(args, tf.path, loaded.sha256, tf.num_exits, report.exit_fractions, compiled)
     agreement = cache_agreement(args.cache, tf.rule, data.y, report) if args.cache else None
     out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
     doc = report_document(
@@ -104,14 +106,46 @@ def run(args) -> int:
         search_test=tf.test,
         cache_agreement=agreement,
         torch_version=torch.__version__,
+        **predicted,
     )
     write_json_atomic(out, doc)
     print(report_table(report, tf.thresholds, search_test=tf.test))
+    if predicted:
+        measured = report.latency.latency_ms
+        print(f"\npredicted latency {predicted['predicted_latency_ms']:.4g} ms/sample (profile "
+              f"{predicted['latency_profile']}), measured {measured:.4g}: measured / predicted "
+              f"{measured / predicted['predicted_latency_ms']:.3f}")
     if agreement is not None:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers")
     print(f"\nwrote {out}")
     return 0
+
+
+def _predicted_latency(args, thresholds_path, checkpoint_sha256: str, K: int, exit_fractions, compiled: bool) -> dict:
+    """{predicted_latency_ms, latency_profile} from --latency or the profile recorded in thresholds.json; {} if none."""
+    import json
+    import sys
+
+    from tradeoff.policy.latency import expected_latency_ms, read_latency_profile
+
+    path = args.latency
+    if not path:
+        recorded = json.loads(Path(thresholds_path).read_text()).get("latency") or {}
+        path = recorded.get("profile")
+        if not path:
+            return {}
+        if not Path(path).is_file():
+            print(f"tradeoff run: note: the thresholds were chosen with latency profile {path}, which is not here; "
+                  "pass --latency to print the predicted latency", file=sys.stderr)
+            return {}
+    profile = read_latency_profile(path, checkpoint_sha256=checkpoint_sha256, num_exits=K, batch_size=args.batch_size)
+    if bool(profile.meta.get("compiled")) != compiled:
+        print(f"tradeoff run: warning: latency profile {path} was measured {'with' if profile.meta.get('compiled') else 'without'} "
+              f"--compiled but this run is {'compiled' if compiled else 'eager'}; the prediction is for the other backend",
+              file=sys.stderr)
+    ms = float(expected_latency_ms(profile, exit_fractions, batch_size=args.batch_size))
+    return {"predicted_latency_ms": ms, "latency_profile": str(path)}
 
 
 def run_onnxruntime(args) -> int:
@@ -123,7 +157,8 @@ def run_onnxruntime(args) -> int:
 
     from tradeoff.fileio import write_json_atomic
     from tradeoff.flops import exit_costs
-    from tradeoff.runtime.early_exit import Latency, RuntimeReport, report_document, report_table
+    from tradeoff.runtime.report import RuntimeReport, report_document, report_table
+    from tradeoff.runtime.timing import Latency
     from tradeoff.runtime.onnx_export import export_early_exit, export_original
     from tradeoff.runtime.onnx_session import (
         export_metadata, onnx_cache_agreement, onnxruntime_version, ort_session, rule_kwargs, run_session, time_sessions,

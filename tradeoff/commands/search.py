@@ -17,6 +17,12 @@ def add_parser(sub) -> None:
     pick.add_argument("--target-acc", type=float, help="cheapest point with val accuracy >= this (0, 1]")
     pick.add_argument("--max-drop", type=float, help="val accuracy within this many percentage points of the deepest exit")
     pick.add_argument("--budget-flops", type=float, help="most accurate point costing at most this many FLOPs")
+    pick.add_argument("--budget-ms", type=float, help="most accurate point within this many ms per sample (--cost latency)")
+    p.add_argument("--cost", default="flops", choices=("flops", "latency"),
+                   help="what the search minimises: fvcore FLOPs (default) or ms per sample from --latency")
+    p.add_argument("--latency", help="device latency profile (latency.json from `tradeoff profile`); with --cost flops "
+                                     "the chosen point is also priced in ms")
+    p.add_argument("--batch-size", type=int, default=1, help="serving batch size the latency profile prices (default 1)")
     p.add_argument("--delta", type=float, help="guarantee the --target-acc / --max-drop pick: P(accuracy on new data "
                                                ">= target) >= 1 - DELTA (Learn-then-Test on 70%% of val), e.g. 0.1")
     p.add_argument("--method", default="nsga", help="nsga | global | msdnet | random | grid (all are drawn)")
@@ -39,8 +45,18 @@ def run(args) -> int:
     from tradeoff.report import documents as report
     from tradeoff.search.run import Pick, check_delta_pick, run_search
 
-    pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops)
+    pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops,
+                             budget_ms=args.budget_ms)
     check_delta_pick(pick, args.delta)
+    cost = getattr(args, "cost", "flops")
+    if cost == "latency" and not args.latency:
+        raise ValueError("--cost latency needs --latency latency.json (make it with `tradeoff profile --ckpt MODEL "
+                         "--out latency.json` on the target device)")
+    profile = None
+    if args.latency:
+        from tradeoff.policy.latency import read_latency_profile
+
+        profile = read_latency_profile(args.latency, batch_size=args.batch_size)
     if args.cache:
         cache_path = Path(args.cache)
     else:
@@ -63,6 +79,9 @@ def run(args) -> int:
         jobs=args.jobs,
         cache_path=cache_path,
         delta=args.delta,
+        latency_profile=profile,
+        batch_size=args.batch_size,
+        cost=cost,
     )
     result = replace(result, timings={"load": load_seconds, **result.timings})
     out = Path(args.out) if args.out else default_run_dir(cache_path, pick.label)

@@ -174,6 +174,7 @@ def thresholds_document(result) -> dict:
         val=_figures(chosen.val),
         test=_figures(chosen.test, with_ci=chosen.test_accuracy_ci95),
         **guarantee,
+        **({"latency": result.latency} if getattr(result, "latency", None) else {}),
     )
 
 
@@ -260,6 +261,8 @@ def summary_document(result) -> dict:
             "delta": getattr(s, "delta", None),
         },
         "seed": s.seed,
+        "cost": getattr(result, "cost", "flops"),
+        "latency": getattr(result, "latency", None),
         "timings_seconds": {k: float(v) for k, v in result.timings.items()},
         "cache": {
             "path": result.cache_path,
@@ -336,10 +339,13 @@ def summary_text(result) -> str:
     names = list(result.exit_names)
     pick = result.settings.pick
     lo, hi = chosen.test_accuracy_ci95
+    ms = getattr(result, "cost", "flops") == "ms"
+    unit = "ms" if ms else "MFLOPs"
+    cost_text = (lambda v: f"{v:.4g}") if ms else mflops_text
     head = [
         f"cache {result.cache_path or '(in memory)'}: {result.num_exits} exits, "
         f"val {result.split_sizes.get('val', 0)} / test {result.split_sizes.get('test', 0)} samples, "
-        f"original network {result.baseline_flops / 1e6:.4g} MFLOPs",
+        f"original network {cost_text(result.baseline_flops)} {unit}" + (" per sample (latency profile)" if ms else ""),
         f"picked on val by {chosen.method}: {pick.describe()}" if getattr(result, "guarantee", None) is None else
         f"picked by {chosen.method}: the cheapest point of the front found on the search part of val that is certified "
         f"on the calibration part ({pick.flag.replace('-', ' ')} {pick.value:g})",
@@ -351,27 +357,34 @@ def summary_text(result) -> str:
         if split == "test":
             acc += f" [{lo:.4f}, {hi:.4f}]"
         rows.append(
-            [split, acc, mflops_text(fig.flops), f"{fig.speedup:.3f}x", f"{fig.speedup_all_exits:.3f}x"]
+            [split, acc, cost_text(fig.flops), f"{fig.speedup:.3f}x", f"{fig.speedup_all_exits:.3f}x"]
             + [f"{100 * f:.1f}%" for f in fig.exit_fractions]
         )
     chosen_table = format_table(
         rows,
-        ["split", "accuracy (test: 95% CI)", "MFLOPs", "speed-up", "vs all exits"] + [f"@{n}" for n in names],
+        ["split", "accuracy (test: 95% CI)", unit, "speed-up", "vs all exits"] + [f"@{n}" for n in names],
         title="chosen point",
     )
     exit_table = format_table(
-        [[e.name, f"{e.val_accuracy:.4f}", f"{e.test_accuracy:.4f}", mflops_text(e.flops), f"{e.speedup:.3f}x"] for e in result.exits],
-        ["exit alone", "val acc", "test acc", "MFLOPs", "speed-up"],
+        [[e.name, f"{e.val_accuracy:.4f}", f"{e.test_accuracy:.4f}", cost_text(e.flops), f"{e.speedup:.3f}x"] for e in result.exits],
+        ["exit alone", "val acc", "test acc", unit, "speed-up"],
         title="each exit alone",
     )
     ref_error, ref_cost = result.hypervolume_reference
     method_table = format_table(
         [[f.method, f.size, f"{f.hypervolume:.4f}", f.evaluations, f"{f.seconds:.3f}"] for f in result.fronts],
         ["method", "front size", "val hypervolume", "evaluations", "seconds"],
-        title=f"every method on val (hypervolume: error x cost, reference error {ref_error:g} and {ref_cost / 1e6:.4g} MFLOPs)",
+        title=f"every method on val (hypervolume: error x cost, reference error {ref_error:g} and {cost_text(ref_cost)} {unit})",
     )
     tail = f"search time {result.front(chosen.method).seconds:.3f} s ({chosen.method}); total {result.timings.get('total', 0.0):.3f} s"
     head.append(_guarantee_text(result))
+    lat = getattr(result, "latency", None)
+    if lat:
+        t = lat["test"]
+        tail += (f"\nlatency profile {lat['profile']} ({lat['device_name']}, {lat['threads']} thread(s), {lat['backend']}), "
+                 f"batch {lat['batch_size']}: chosen point on test predicted {t['predicted_latency_ms']:.4g} ms/sample "
+                 f"({t['predicted_speedup_ms']:.2f}x vs the original's {lat['original_ms']:.4g} ms), "
+                 f"{t['flops'] / 1e6:.4g} MFLOPs ({t['speedup_flops']:.2f}x by FLOPs)")
     return "\n".join(head) + "\n\n" + chosen_table + "\n\n" + exit_table + "\n\n" + method_table + "\n\n" + tail
 
 

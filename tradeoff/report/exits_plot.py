@@ -30,7 +30,7 @@ def plot_exits(data: ExitsPlotData, *, figsize: tuple[float, float] = (8.0, 4.8)
     labels = []
     for k, (name, mflops) in enumerate(zip(data.exit_names, data.exit_mflops)):
         rule = f"conf >= {data.thresholds[k]:.3f}" if k < len(data.thresholds) else "the rest"
-        labels.append(f"{name}\n{mflops:.4g} MFLOPs\n{rule}")
+        labels.append(f"{name}\n{mflops:.4g} {data.cost_label}\n{rule}")
     ax.set_xticks(x, labels, fontsize=8.5)
     ax.set_ylabel("samples leaving here (%)")
     top = max(list(data.val_fractions) + list(data.test_fractions) + [0.0]) * 100
@@ -41,7 +41,7 @@ def plot_exits(data: ExitsPlotData, *, figsize: tuple[float, float] = (8.0, 4.8)
     mean_test = sum(f * m for f, m in zip(data.test_fractions, data.exit_mflops))
     ax.set_title(
         f"Where samples leave at the chosen point - {data.title}\n"
-        f"(mean cost {mean_val:.4g} MFLOPs on val, {mean_test:.4g} on test)",
+        f"(mean cost {mean_val:.4g} {data.cost_label} on val, {mean_test:.4g} on test)",
         fontsize=10.5,
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False, borderaxespad=0.0)

@@ -195,16 +195,22 @@ def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike |
         method = str(summary["chosen"]["method"])
         pick = dict(summary["settings"]["pick"])
         title = f"{cache_doc['meta'].get('arch') or 'unknown arch'} - {Path(cache_doc['path'] or 'in-memory cache').name}"
-        exit_ms = (summary.get("cost") or {}).get("exit_ms") or thresholds_doc.get("exit_ms")
+        # Per-exit ms are additive only at batch 1 (at B > 1 a stage's cost depends on how many
+        # samples are still in flight): the page prices points in ms only then.
+        latency = summary.get("latency") or {}
+        exit_ms = latency.get("exit_path_ms") if latency.get("batch_size") == 1 else None
         exit_ms = None if exit_ms is None else tuple(float(v) for v in exit_ms)
     fronts.sort(key=lambda f: f.method != method)  # the picked-on front first
     with _naming(run_dir / report.THRESHOLDS_FILE):
         chosen = _point_from_doc(thresholds_doc, f"chosen point ({METHOD_LABELS.get(method, method)})", K)
-        certified_doc = thresholds_doc.get("certified") or summary.get("certified")
+        # With --delta the chosen point is the Learn-then-Test pick: thresholds.json carries its
+        # "guarantee" block (search.guarantee.certification_document).
+        guarantee = thresholds_doc.get("guarantee")
         certified = None
-        if certified_doc:
-            delta = certified_doc.get("delta", summary.get("settings", {}).get("delta"))
-            certified = _point_from_doc(certified_doc, "certified" + (f" (delta = {delta:g})" if delta is not None else ""), K)
+        if guarantee:
+            bound = (f"accuracy >= {guarantee['accuracy_lower_bound']:.4f}" if "drop_upper_bound_points" not in guarantee
+                     else f"drop <= {guarantee['drop_upper_bound_points']:.3f} points")
+            certified = _point_from_doc(thresholds_doc, f"certified (delta = {guarantee['delta']:g}; {bound})", K)
     fronts = _attach_csv_fractions(fronts, csv, names, run_dir)
     notes: list[str] = []
     confidence = None
@@ -320,6 +326,14 @@ def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
     for split in ("val", "test"):
         part = cache.select(split)
         tables[split] = exit_table(part.logits, part.labels, part.flops, **rule)
+    split_doc = (doc.get("guarantee") or {}).get("split")
+    if split_doc:  # with --delta the fronts were searched (and their "val" figures taken) on the search part only
+        from tradeoff.policy.table import ExitTable
+        from tradeoff.search.guarantee import split_val
+
+        val = tables["val"]
+        rows = split_val(val.confidence.shape[1], seed=int(split_doc["seed"])).search
+        tables["val"] = ExitTable(val.confidence[:, rows], val.correct[:, rows], val.flops)
     out = []
     for front in fronts:
         t = np.where(np.isnan(front.thresholds), 2.0, front.thresholds)  # off: confidences are <= 1, nobody leaves

@@ -70,7 +70,7 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
     speed = data.baseline_mflops / c.val_mflops
     text = (
         f"chosen ({METHOD_LABELS.get(c.method, c.method)})\n"
-        f"val  {c.val_accuracy:.4f} @ {c.val_mflops:.4g} MFLOPs ({speed:.2f}x)\n"
+        f"val  {c.val_accuracy:.4f} @ {c.val_mflops:.4g} {data.cost_label.split(',')[0].split(' ')[0]} ({speed:.2f}x)\n"
         f"test {c.test_accuracy:.4f} [{c.test_ci95[0]:.4f}, {c.test_ci95[1]:.4f}]"
     )
     log_x = _limit_to_exits(ax, data)
@@ -94,7 +94,7 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
     if data.budget_mflops is not None:
         ax.axvline(data.budget_mflops, ls="--", lw=1.0, color="0.35", zorder=1, label=data.target_label)
 
-    ax.set_xlabel("mean cost per sample (MFLOPs, fvcore count%s)" % (", log scale" if log_x else ""))
+    ax.set_xlabel("mean cost per sample (%s%s)" % (data.cost_label, ", log scale" if log_x else ""))
     ax.set_ylabel("accuracy")
     ax.grid(True, alpha=0.3)
     baseline = data.baseline_mflops

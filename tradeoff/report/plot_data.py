@@ -78,6 +78,7 @@ class ParetoPlotData:
     budget_mflops: float | None
     target_label: str | None
     certified: str | None = None
+    cost_label: str = "MFLOPs, fvcore count"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class ExitsPlotData:
     thresholds: tuple[float, ...]
     val_fractions: tuple[float, ...]
     test_fractions: tuple[float, ...]
+    cost_label: str = "MFLOPs"
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,9 @@ def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, flo
     if "budget_flops" in pick:
         budget = float(pick["budget_flops"]) / 1e6
         return None, budget, f"budget {budget:.4g} MFLOPs"
+    if "budget_ms" in pick:  # scaled like a cost in ms read as FLOPs; `_in_ms` scales it back
+        budget = float(pick["budget_ms"])
+        return None, budget / 1e6, f"budget {budget:.4g} ms"
     if "max_drop" in pick:
         drop = float(pick["max_drop"])
         level = deepest_val_acc - drop / 100.0
@@ -170,7 +175,7 @@ def pareto_plot_data(source) -> ParetoPlotData:
     """
     source = _source(source, "pareto_plot_data")
     if isinstance(source, RunFiles):
-        return _files_guard(source, _pareto_from_files)
+        return _in_ms(_files_guard(source, _pareto_from_files), source.summary.get("cost") == "ms")
     result = source
     reported = result.front("nsga")
     fronts = [
@@ -186,7 +191,7 @@ def pareto_plot_data(source) -> ParetoPlotData:
     exits = tuple(ExitPoint(e.name, e.flops / 1e6, e.val_accuracy, e.test_accuracy) for e in result.exits)
     c = result.chosen
     target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
-    return ParetoPlotData(
+    return _in_ms(ParetoPlotData(
         title=_title(result.cache_meta.get("arch"), result.cache_path),
         baseline_mflops=result.baseline_flops / 1e6,
         fronts=tuple(fronts),
@@ -196,7 +201,7 @@ def pareto_plot_data(source) -> ParetoPlotData:
         budget_mflops=budget,
         target_label=label,
         certified=_certified_label(report.thresholds_document(result).get("guarantee")),
-    )
+    ), getattr(result, "cost", "flops") == "ms")
 
 
 def _certified_label(doc: dict | None) -> str | None:
@@ -212,16 +217,16 @@ def exits_plot_data(source) -> ExitsPlotData:
     """Gather what `plot_exits` draws from a SearchResult, or from a run directory's files."""
     source = _source(source, "exits_plot_data")
     if isinstance(source, RunFiles):
-        return _files_guard(source, _exits_from_files)
+        return _in_ms(_files_guard(source, _exits_from_files), source.summary.get("cost") == "ms")
     result = source
-    return ExitsPlotData(
+    return _in_ms(ExitsPlotData(
         title=_title(result.cache_meta.get("arch"), result.cache_path),
         exit_names=tuple(result.exit_names),
         exit_mflops=_mflops(result.flops),
         thresholds=_floats(result.chosen.thresholds),
         val_fractions=_floats(result.chosen.val.exit_fractions),
         test_fractions=_floats(result.chosen.test.exit_fractions),
-    )
+    ), getattr(result, "cost", "flops") == "ms")
 
 
 def _files_guard(files: RunFiles, gather):
@@ -262,7 +267,8 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
         ),
         target_accuracy=target,
         budget_mflops=budget,
-        target_label=label,    certified=_certified_label(chosen_doc.get("guarantee")),
+        target_label=label,
+        certified=_certified_label(chosen_doc.get("guarantee")),
     )
 
 
@@ -276,3 +282,23 @@ def _exits_from_files(files: RunFiles) -> ExitsPlotData:
         val_fractions=_floats(chosen_doc["val"]["exit_fractions"]),
         test_fractions=_floats(chosen_doc["test"]["exit_fractions"]),
     )
+
+
+def _in_ms(data, ms: bool):
+    """A search priced in milliseconds (`--cost latency`): undo the MFLOPs scaling and relabel."""
+    if not ms:
+        return data
+    from dataclasses import replace
+
+    def up(values):
+        return None if values is None else tuple(v * 1e6 for v in values)
+
+    if isinstance(data, ExitsPlotData):
+        return replace(data, exit_mflops=up(data.exit_mflops), cost_label="ms")
+    fronts = tuple(replace(f, val_mflops=up(f.val_mflops), test_mflops=up(f.test_mflops)) for f in data.fronts)
+    exits = tuple(replace(e, mflops=e.mflops * 1e6) for e in data.exits)
+    c = data.chosen
+    chosen = replace(c, val_mflops=c.val_mflops * 1e6, test_mflops=c.test_mflops * 1e6)
+    budget = None if data.budget_mflops is None else data.budget_mflops * 1e6
+    return replace(data, fronts=fronts, exits=exits, chosen=chosen, baseline_mflops=data.baseline_mflops * 1e6,
+                   budget_mflops=budget, cost_label="ms per sample, predicted from the latency profile")

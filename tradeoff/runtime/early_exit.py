@@ -1,4 +1,4 @@
-"""Real early-exit inference: the chosen thresholds run on the model, and we time it.
+"""Real early-exit inference: the chosen thresholds run on the model, each sample stops at its exit.
 
 `EarlyExitModel` walks a model's `stages()` (models/base.py): section k runs only on the
 samples still in flight, head k scores them, the confident ones leave and the batch
@@ -10,39 +10,33 @@ confidence to the other side of a threshold that the search put exactly on it (a
 quantile of the val confidences, say). On these small (n, C) arrays NumPy is also
 cheaper per call than torch, which matters at batch size 1.
 
-`measure_latency` times the early-exit runner and the original network (sections 1..K
-and head K only) side by side, interleaved, and reports medians; `run_command` is what
-`tradeoff run` does.
-
 `compiled=True` runs every section and head as a frozen TorchScript graph
-(`compile_stages`): batch norms folded into the convolutions, no Python module calls.
-At batch 1 a small network is bound by per-operator dispatch, not arithmetic, and this
-roughly halves the cost per operator; the original network (`deepest`) gets the very
-same treatment, so the comparison stays fair. Decisions are still the exact rule on the
-logits the graphs produce, but folding a batch norm changes logits in the last float32
-bits, so a confidence within ~1e-6 of a threshold may fall on the other side than in the
-(eager) cache: `tradeoff run --cache` reports that agreement. The eager path (the
-default) is the one whose logits are those of `model(x)` bit for bit.
+(`runtime.compiled.compile_stages`): batch norms folded into the convolutions, no Python
+module calls. At batch 1 a small network is bound by per-operator dispatch, not
+arithmetic, and this roughly halves the cost per operator; the original network
+(`deepest`) gets the very same treatment, so the comparison stays fair. Decisions are
+still the exact rule on the logits the graphs produce, but folding a batch norm changes
+logits in the last float32 bits, so a confidence within ~1e-6 of a threshold may fall on
+the other side than in the (eager) cache: `tradeoff run --cache` reports that agreement.
+The eager path (the default) is the one whose logits are those of `model(x)` bit for bit.
+
+Timing lives in `runtime.timing`, the run report in `runtime.report`, the per-stage
+latency profile in `runtime.profile`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
-import statistics
-import sys
-import time
-import warnings
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from tradeoff.errors import first_line
 from tradeoff.policy.confidence import exit_outputs
 from tradeoff.policy.rule import ExitRule
+from tradeoff.runtime.compiled import compile_stages
 
 
 class EarlyExitOutput(NamedTuple):
@@ -132,6 +126,27 @@ class EarlyExitModel(nn.Module):
         self._temps = temps
         self._temps_float = [float(T) for T in temps]
 
+    def with_rule(self, rule: ExitRule) -> "EarlyExitModel":
+        """The same runner (same modules, same compiled graphs) under another exit rule.
+
+        A shallow copy: cheap, and a compiled runner is not traced again. The latency
+        profile uses it to send every sample out at one exit.
+
+        Raises:
+            TypeError / ValueError: as the constructor.
+        """
+        if not isinstance(rule, ExitRule):
+            raise TypeError(f"rule must be a tradeoff ExitRule; got {type(rule).__name__}")
+        if rule.num_exits != self.num_exits:
+            raise ValueError(f"rule has {rule.num_exits} exits but the model has {self.num_exits}")
+        other = copy.copy(self)
+        other.__dict__ = dict(self.__dict__)
+        other.rule, other.confidence, other.ensemble = rule, rule.confidence, bool(rule.ensemble)
+        other._thresholds = list(rule.threshold_array()) + [None]
+        other._temps = rule.temperature_array()
+        other._temps_float = [float(T) for T in other._temps]
+        return other
+
     @property
     def thresholds(self) -> np.ndarray:
         """(K-1,) float64 thresholds."""
@@ -195,31 +210,41 @@ class EarlyExitModel(nn.Module):
         n = x.shape[0]
         predictions = np.empty(n, dtype=np.int64)
         exits = np.empty(n, dtype=np.int64)
-        alive = np.arange(n)  # original row of each sample still in flight
-        history = []  # (n, C) logits of exits 1..k of the samples in flight
-        last = self.num_exits - 1
+        state = (x, np.arange(n), [])  # (inputs in flight, their original rows, their logits so far)
         for k in range(self.num_exits):
-            x = self._sections[k](x)
-            history.append(self._heads[k](x).cpu().numpy())
-            if not self.ensemble:
-                history = history[-1:]
-            conf, answer = self._decide(k, history)
-            if k == last:
-                predictions[alive] = answer
-                exits[alive] = k
+            x = self._sections[k](state[0])
+            state = self._exit_batch(k, x, self._heads[k](x), state[1], state[2], predictions, exits)
+            if state is None:
                 break
-            leave = conf >= self._thresholds[k]
-            if leave.any():
-                gone = alive[leave]
-                predictions[gone] = answer[leave]
-                exits[gone] = k
-                stay = np.flatnonzero(~leave)
-                if stay.size == 0:
-                    break
-                alive = alive[stay]
-                x = x.index_select(0, torch.from_numpy(stay).to(x.device))
-                history = [h[stay] for h in history]
         return EarlyExitOutput(torch.from_numpy(predictions), torch.from_numpy(exits))
+
+    def _exit_batch(self, k: int, x: torch.Tensor, logits: torch.Tensor, alive: np.ndarray, history: list,
+                    predictions: np.ndarray, exits: np.ndarray):
+        """The exit decision at exit k for a batch in flight: the confident samples leave.
+
+        Writes the answers and exits of the leaving samples into `predictions`/`exits`
+        (at their original rows `alive`) and returns the (features, rows, logits history)
+        still in flight, or None when none is left. `runtime.profile` times this very
+        method as "the exit decision" of a batch.
+        """
+        history = history + [logits.cpu().numpy()] if self.ensemble else [logits.cpu().numpy()]
+        conf, answer = self._decide(k, history)
+        if k == self.num_exits - 1:
+            predictions[alive] = answer
+            exits[alive] = k
+            return None
+        leave = conf >= self._thresholds[k]
+        if leave.any():
+            gone = alive[leave]
+            predictions[gone] = answer[leave]
+            exits[gone] = k
+            stay = np.flatnonzero(~leave)
+            if stay.size == 0:
+                return None
+            alive = alive[stay]
+            x = x.index_select(0, torch.from_numpy(stay).to(x.device))
+            history = [h[stay] for h in history]
+        return x, alive, history
 
     def _forward_one(self, x: torch.Tensor) -> EarlyExitOutput:
         """Batch size 1: no masks, no index bookkeeping; stop at the first confident exit.
@@ -229,29 +254,36 @@ class EarlyExitModel(nn.Module):
         threshold, or the top two classes are that close, does the exact NumPy rule
         decide - so the outcome is always the exact rule's.
         """
-        history = []  # (1, C) logits tensors of the exits run so far, for the exact rule
-        running = [] if self.ensemble else None  # approximate ensemble sum, Python floats
-        use_quick = True  # False once an ensemble's running sum is lost to NaN/inf logits
-        last = self.num_exits - 1
+        state = ([], [] if self.ensemble else None, True)
         for k in range(self.num_exits):
             x = self._sections[k](x)
-            logits = self._heads[k](x)
-            history.append(logits)
-            threshold = self._thresholds[k]
-            quick = None
-            if use_quick:
-                quick, running = _quick_decision(logits.tolist()[0], self._temps_float[k], self.confidence, threshold,
-                                                 running, k)
-                use_quick = running is not None or not self.ensemble
-            if quick is None:
-                conf, answer = self._decide(k, [h.cpu().numpy() for h in history])
-                leave, answer = k == last or bool(conf[0] >= threshold), int(answer[0])
-            else:
-                leave, answer = quick
-                leave = leave or k == last
+            leave, answer, state = self._exit_one(k, self._heads[k](x), state)
             if leave:  # torch.full: a third of torch.tensor([v])'s cost
                 return EarlyExitOutput(torch.full((1,), answer, dtype=torch.int64), torch.full((1,), k, dtype=torch.int64))
         raise AssertionError("unreachable: the deepest exit always answers")  # pragma: no cover
+
+    def _exit_one(self, k: int, logits: torch.Tensor, state: tuple) -> tuple[bool, int, tuple]:
+        """The exit decision at exit k for one sample: (leave, answer, new state).
+
+        `state` is (history, running, use_quick): the (1, C) logits tensors of the exits
+        run so far (for the exact rule), the approximate ensemble sum in Python floats
+        (None without ensemble), and False once that sum is lost to NaN/inf logits.
+        `runtime.profile` times this very method as "the exit decision" at batch 1.
+        """
+        history, running, use_quick = state
+        history.append(logits)
+        threshold = self._thresholds[k]
+        last = k == self.num_exits - 1
+        quick = None
+        if use_quick:
+            quick, running = _quick_decision(logits.tolist()[0], self._temps_float[k], self.confidence, threshold,
+                                             running, k)
+            use_quick = running is not None or not self.ensemble
+        if quick is None:
+            conf, answer = self._decide(k, [h.cpu().numpy() for h in history])
+            return last or bool(conf[0] >= threshold), int(answer[0]), (history, running, use_quick)
+        leave, answer = quick
+        return leave or last, answer, (history, running, use_quick)
 
     def deepest(self, x: torch.Tensor) -> torch.Tensor:
         """The original single-exit network: sections 1..K and head K only (inference mode).
@@ -267,82 +299,6 @@ class EarlyExitModel(nn.Module):
         for section in self._sections:
             x = section(x)
         return self._heads[-1](x).argmax(dim=-1)
-
-
-def compile_stages(stages: list, example: torch.Tensor) -> list:
-    """Each (section, head) as a frozen TorchScript graph, traced on `example`.
-
-    `torch.jit.freeze` inlines the weights as constants and folds each batch norm into
-    the convolution before it (`fold_transposed_batch_norms` does it first for transposed
-    convolutions, which freeze leaves alone); calling the graph skips Python's per-module
-    `__call__`.
-    Both matter at batch 1, where an 8x8 network's time is per-operator overhead. The
-    graphs accept any batch size (the networks here have no shape-dependent Python).
-    TorchScript is deprecated in recent torch releases; its warnings are silenced here.
-
-    Args:
-        stages: K (section, head) modules in eval mode.
-        example: (1, ...) one input sample; only its shape, dtype and device matter.
-
-    Returns:
-        K (section, head) pairs of frozen `torch.jit.ScriptModule`s.
-
-    Raises:
-        ValueError: a section or head TorchScript cannot trace (say which).
-    """
-    compiled = []
-    # Tracing needs ordinary tensors: not inside inference mode, no autograd.
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        x = example.clone()
-        for k, (section, head) in enumerate(stages):
-            pair = []
-            for part, name in ((section, "section"), (head, "head")):
-                try:
-                    folded = fold_transposed_batch_norms(part)
-                    graph = torch.jit.freeze(torch.jit.trace(folded, x, check_trace=False))
-                except Exception as exc:  # TorchScript raises many kinds; report which part failed
-                    raise ValueError(
-                        f"cannot compile {name} {k + 1} ({type(part).__name__}) with TorchScript: "
-                        f"{first_line(exc)}; run without compiled=True"
-                    ) from None
-                pair.append(graph)
-                if name == "section":
-                    x = part(x)
-            compiled.append(tuple(pair))
-    return compiled
-
-
-def fold_transposed_batch_norms(module: nn.Module) -> nn.Module:
-    """An eval-mode copy of `module` with each `ConvTranspose2d -> BatchNorm2d` of a
-    `Sequential` merged into one transposed convolution (the BN replaced by Identity).
-
-    y = (convT(x) - mean) / sqrt(var + eps) * gamma + beta is a transposed convolution
-    with weights scaled per output channel (dim 1 of its (in, out, kh, kw) weight) and
-    a shifted bias. The original module is left untouched.
-    """
-    import copy
-
-    folded = copy.deepcopy(module).eval()
-    for seq in folded.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        names = list(seq._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = seq._modules[first], seq._modules[second]
-            if not (isinstance(conv, nn.ConvTranspose2d) and isinstance(bn, nn.BatchNorm2d) and conv.groups == 1
-                    and bn.running_mean is not None and bn.num_features == conv.out_channels):
-                continue
-            with torch.no_grad():
-                scale = torch.rsqrt(bn.running_var + bn.eps)
-                if bn.weight is not None:
-                    scale = scale * bn.weight
-                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-                shift = (bias - bn.running_mean) * scale + (bn.bias if bn.bias is not None else 0.0)
-                conv.weight.mul_(scale.reshape(1, -1, 1, 1))
-                conv.bias = nn.Parameter(shift)
-            seq._modules[second] = nn.Identity()
-    return folded
 
 
 # How close (absolute) a Python-float confidence may come to its threshold, or the top
@@ -399,314 +355,3 @@ def _quick_decision(row: list, temperature: float, measure: str, threshold, runn
     if abs(conf - threshold) <= QUICK_MARGIN:
         return None, running
     return (conf >= threshold, answer), running
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Per-sample wall time of the early-exit runner and of the original network.
-
-    Measured side by side: each repeat times one full pass of each over the same
-    pre-sliced batches, in alternating order, after `warmup` untimed passes.
-
-    Attributes:
-        latency_ms: median over repeats of (pass time / samples), early exit, ms.
-        baseline_latency_ms: the same for the deepest exit alone, ms.
-        passes_ms: (repeats,) per-sample ms of each early-exit pass.
-        baseline_passes_ms: (repeats,) per-sample ms of each baseline pass.
-        batch_size: samples per forward call.
-        num_samples: samples per pass.
-        mkldnn: whether the early-exit passes ran on oneDNN (the faster backend for it).
-        baseline_mkldnn: the same for the original network.
-    """
-
-    latency_ms: float
-    baseline_latency_ms: float
-    passes_ms: tuple
-    baseline_passes_ms: tuple
-    batch_size: int
-    num_samples: int
-    mkldnn: bool = True
-    baseline_mkldnn: bool = True
-
-    @property
-    def measured_speedup(self) -> float:
-        return self.baseline_latency_ms / self.latency_ms
-
-
-def make_batches(x, batch_size: int) -> list[torch.Tensor]:
-    """Contiguous float32 batches cut once, so slicing is never inside a timed pass."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    x = torch.as_tensor(x)
-    return [x[i : i + batch_size].contiguous() for i in range(0, x.shape[0], batch_size)]
-
-
-@contextlib.contextmanager
-def mkldnn_enabled(enabled: bool):
-    """Use oneDNN convolutions or not within the block, then restore the setting.
-
-    (`torch.backends.mkldnn.flags` also sets oneDNN's TF32 mode, which warns on CPU builds.)
-    """
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
-def measure_latency(runner: EarlyExitModel, x, *, batch_size: int = 1, repeats: int = 5, warmup: int = 1,
-                    tune_backend: bool = True, progress: bool = False) -> Latency:
-    """Time `runner` and `runner.deepest` over all of x (N, ...), interleaved.
-
-    Each side runs on its faster CPU convolution backend when `tune_backend`: oneDNN
-    (mkldnn) or PyTorch's native kernels, chosen by timing a pass of each after warm-up.
-    On small inputs at batch 1 the native kernels can be several times faster (oneDNN's
-    transposed convolution costs ~4x the native one on an 8x8 map), and a deployment
-    would pick the faster one for each network, so the comparison does too.
-
-    Args:
-        runner: the early-exit model.
-        x: inputs (N, ...), a tensor or array.
-        batch_size: samples per call (1 = the deployment latency case).
-        repeats: timed passes of each; the median is reported (robust to noise from
-            other processes on the machine).
-        warmup: untimed passes of each first (allocator, oneDNN primitive caches).
-        tune_backend: choose oneDNN on/off per side (else the process's setting).
-        progress: a tqdm bar over the passes, to stderr.
-
-    Returns:
-        `Latency`, in milliseconds per sample.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1; got {repeats}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0; got {warmup}")
-    batches = make_batches(x, batch_size)
-    n = sum(b.shape[0] for b in batches)
-    if n == 0:
-        raise ValueError("no samples to time: the data split is empty")
-    sides = {"early": runner.forward, "deep": runner.deepest}
-    default = torch.backends.mkldnn.enabled
-    choices = (True, False) if tune_backend and torch.backends.mkldnn.is_available() else (default,)
-
-    def one_pass(fn, mkldnn: bool) -> float:
-        with mkldnn_enabled(mkldnn), torch.inference_mode():
-            start = time.perf_counter()
-            for batch in batches:
-                fn(batch)
-            return (time.perf_counter() - start) * 1e3 / n
-
-    for _ in range(warmup):
-        for fn in sides.values():
-            for flag in choices:
-                one_pass(fn, flag)
-    backend = {}
-    for name, fn in sides.items():
-        trial = {flag: min(one_pass(fn, flag) for _ in range(2)) for flag in choices} if len(choices) > 1 else {default: 0}
-        backend[name] = min(trial, key=trial.get)
-    times = {"early": [], "deep": []}
-    rounds = range(repeats)
-    if progress:
-        from tqdm import tqdm
-
-        rounds = tqdm(rounds, desc=f"timing (batch {batch_size})", unit="repeat", file=sys.stderr, leave=False)
-    for r in rounds:
-        for name in ("early", "deep") if r % 2 == 0 else ("deep", "early"):
-            times[name].append(one_pass(sides[name], backend[name]))
-    return Latency(
-        latency_ms=statistics.median(times["early"]),
-        baseline_latency_ms=statistics.median(times["deep"]),
-        passes_ms=tuple(times["early"]),
-        baseline_passes_ms=tuple(times["deep"]),
-        batch_size=batch_size,
-        num_samples=n,
-        mkldnn=backend["early"],
-        baseline_mkldnn=backend["deep"],
-    )
-
-
-def run_early_exit(runner: EarlyExitModel, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions (N,) and exits (N,) over all of x, as NumPy int64 arrays."""
-    preds, exits = [], []
-    for batch in make_batches(x, batch_size):
-        out = runner(batch)
-        preds.append(out.predictions.numpy())
-        exits.append(out.exits.numpy())
-    return np.concatenate(preds), np.concatenate(exits)
-
-
-@dataclass(frozen=True)
-class RuntimeReport:
-    """One real early-exit run over a data split: what it got, where samples left, how fast.
-
-    Attributes:
-        accuracy: fraction of samples answered correctly by the early-exit runner.
-        exit_fractions: (K,) fraction of samples leaving at each exit; sums to 1.
-        exits: (N,) int64 exit of each sample; predictions: (N,) int64 its answer.
-        flops: (K,) cumulative cost of leaving at exit k (fvcore count, `exit_costs`).
-        baseline_flops: the original single-exit network's cost (fvcore count).
-        latency: the side-by-side timing (`Latency`), or None when not timed.
-    """
-
-    accuracy: float
-    exit_fractions: np.ndarray
-    exits: np.ndarray
-    predictions: np.ndarray
-    flops: np.ndarray
-    baseline_flops: float
-    latency: Latency | None
-
-    @property
-    def mean_flops(self) -> float:
-        """Mean cost per sample of the exits actually taken (fvcore count)."""
-        return float(self.exit_fractions @ self.flops)
-
-    @property
-    def predicted_speedup(self) -> float:
-        """What the FLOPs promise: baseline_flops / mean cost of the exits taken."""
-        return self.baseline_flops / self.mean_flops
-
-    @property
-    def measured_speedup(self) -> float | None:
-        return None if self.latency is None else self.latency.measured_speedup
-
-    @property
-    def realised_fraction(self) -> float | None:
-        """measured / predicted speed-up: how much of the FLOPs promise survives in seconds."""
-        return None if self.latency is None else self.measured_speedup / self.predicted_speedup
-
-
-def evaluate_runtime(runner: EarlyExitModel, x, y, *, flops, baseline_flops: float, batch_size: int = 1,
-                     repeats: int = 5, warmup: int = 1, tune_backend: bool = True,
-                     progress: bool = False) -> RuntimeReport:
-    """Run `runner` over (x, y) for its answers, then time it against the deepest exit.
-
-    Args:
-        runner: the early-exit model.
-        x: (N, ...) inputs; y: (N,) int labels.
-        flops: (K,) cumulative per-exit costs; baseline_flops: the single-exit network's.
-        batch_size: samples per forward call, for both the answers and the timing.
-        repeats: timed passes (median reported); 0 skips timing (latency None).
-        warmup: untimed passes before timing.
-        tune_backend: time each side on its faster convolution backend (`measure_latency`).
-        progress: tqdm bars to stderr.
-    """
-    y = np.asarray(y, dtype=np.int64)
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x
-    if x.shape[0] != y.shape[0] or y.shape[0] == 0:
-        raise ValueError(f"need as many labels as inputs, at least one; got {x.shape[0]} inputs, {y.shape[0]} labels")
-    flops = np.asarray(flops, dtype=np.float64)
-    if flops.shape != (runner.num_exits,):
-        raise ValueError(f"flops must have one cost per exit, shape ({runner.num_exits},); got {flops.shape}")
-    predictions, exits = run_early_exit(runner, x, batch_size=batch_size)
-    fractions = np.bincount(exits, minlength=runner.num_exits) / exits.size
-    latency = None
-    if repeats:
-        latency = measure_latency(runner, x, batch_size=batch_size, repeats=repeats, warmup=warmup,
-                                  tune_backend=tune_backend, progress=progress)
-    return RuntimeReport(
-        accuracy=float(np.mean(predictions == y)),
-        exit_fractions=fractions,
-        exits=exits,
-        predictions=predictions,
-        flops=flops,
-        baseline_flops=float(baseline_flops),
-        latency=latency,
-    )
-
-
-def report_document(report: RuntimeReport, **context) -> dict:
-    """The JSON-safe record of a run (`tradeoff run --out`), plus `context` entries."""
-    doc = {
-        "accuracy": report.accuracy,
-        "exit_fractions": [float(f) for f in report.exit_fractions],
-        "exit_counts": np.bincount(report.exits, minlength=report.exit_fractions.size).tolist(),
-        "num_samples": int(report.exits.size),
-        "flops": [float(f) for f in report.flops],
-        "mean_flops": report.mean_flops,
-        "baseline_flops": report.baseline_flops,
-        "predicted_speedup": report.predicted_speedup,
-        "latency_ms": None,
-        "baseline_latency_ms": None,
-        "measured_speedup": None,
-        "realised_fraction": None,
-    }
-    if report.latency is not None:
-        lat = report.latency
-        doc.update(
-            latency_ms=lat.latency_ms,
-            baseline_latency_ms=lat.baseline_latency_ms,
-            measured_speedup=lat.measured_speedup,
-            realised_fraction=report.realised_fraction,
-            latency_passes_ms=list(lat.passes_ms),
-            baseline_latency_passes_ms=list(lat.baseline_passes_ms),
-            batch_size=lat.batch_size,
-            mkldnn={"early_exit": lat.mkldnn, "baseline": lat.baseline_mkldnn},
-        )
-    doc.update(context)
-    return doc
-
-
-def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=None, search_test: dict | None = None) -> str:
-    """Two terminal tables: where samples left, then accuracy / latency / speed-up."""
-    from tradeoff.report.documents import format_table
-
-    K = report.flops.size
-    names = list(exit_names) if exit_names and len(exit_names) == K else [f"exit{k + 1}" for k in range(K)]
-    counts = np.bincount(report.exits, minlength=K)
-    expected = (search_test or {}).get("exit_fractions")
-    expected = expected if isinstance(expected, list) and len(expected) == K else [None] * K
-    rows = [
-        (names[k], None if k == K - 1 else float(thresholds[k]), int(counts[k]), float(report.exit_fractions[k]),
-         expected[k], report.flops[k] / 1e6)
-        for k in range(K)
-    ]
-    exits = format_table(rows, ("exit", "threshold", "samples", "fraction", "search (test)", "MFLOPs"),
-                         title="where the samples left")
-    lat = report.latency
-    summary = [
-        ("accuracy", report.accuracy, (search_test or {}).get("accuracy")),
-        ("mean cost (MFLOPs)", report.mean_flops / 1e6, None),
-        ("baseline cost (MFLOPs)", report.baseline_flops / 1e6, None),
-        ("predicted speed-up (FLOPs)", report.predicted_speedup, (search_test or {}).get("speedup")),
-    ]
-    if lat is not None:
-        summary += [
-            (f"latency ms/sample (batch {lat.batch_size})", lat.latency_ms, None),
-            ("baseline latency ms/sample", lat.baseline_latency_ms, None),
-            ("measured speed-up", lat.measured_speedup, None),
-            ("measured / predicted", report.realised_fraction, None),
-            ("oneDNN (early exit / original)", f"{_on(lat.mkldnn)} / {_on(lat.baseline_mkldnn)}", None),
-        ]
-    return exits + "\n\n" + format_table(summary, ("", "this run", "search (test)"), float_format="{:.4g}")
-
-
-def _on(flag: bool | None) -> str:
-    return "n/a" if flag is None else "on" if flag else "off"
-
-
-def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: RuntimeReport) -> dict:
-    """How often the runtime's exits and answers equal the exit rule on the cached test logits.
-
-    Differences can only come from float32 rounding: a convolution's result depends at
-    the last bit on the batch it ran in, so a confidence within ~1e-7 of a threshold can
-    fall on either side.
-    """
-    from tradeoff.cache.format import load_cache
-    from tradeoff.policy.table import exit_indices, rule_table
-
-    test = load_cache(cache_path).select("test")
-    if not np.array_equal(test.labels, labels):
-        raise ValueError(
-            f"cache {cache_path}: its test split ({test.num_samples} rows) is not the data's test split "
-            f"({labels.size} rows) in the same order; pass the data the cache was built from"
-        )
-    exits = exit_indices(rule_table(test.logits, test.labels, test.flops, rule), rule.threshold_array())
-    _, pred = exit_outputs(test.logits, confidence=rule.confidence, ensemble=rule.ensemble,
-                           temperatures=None if rule.temperatures is None else rule.temperature_array())
-    answers = pred[exits, np.arange(exits.size)]
-    return {
-        "exits": float(np.mean(exits == report.exits)),
-        "predictions": float(np.mean(answers == report.predictions)),
-    }

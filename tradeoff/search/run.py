@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from tradeoff.policy.scoring import CONFIDENCE_MEASURES, ExitTable, Scores, exit
 
 METHODS = ("nsga", "global", "msdnet", "random", "grid")
 BOOTSTRAP_RESAMPLES = 2000
-PICK_KINDS = ("target_acc", "max_drop", "budget_flops")
+PICK_KINDS = ("target_acc", "max_drop", "budget_flops", "budget_ms")
 
 
 # --------------------------------------------------------------------------- settings
@@ -68,6 +68,8 @@ class Pick:
             raise ValueError(
                 f"--budget-flops must be a positive number of FLOPs per sample (fvcore count, e.g. 3e8); got {value:g}"
             )
+        if self.kind == "budget_ms" and not (np.isfinite(value) and value > 0):
+            raise ValueError(f"--budget-ms must be a positive number of milliseconds per sample; got {value:g}")
         object.__setattr__(self, "value", value)
 
     @classmethod
@@ -77,12 +79,14 @@ class Pick:
         target_acc: float | None = None,
         max_drop: float | None = None,
         budget_flops: float | None = None,
+        budget_ms: float | None = None,
     ) -> "Pick":
         """The pick the user asked for (at most one option), or the no-loss default."""
-        given = [(k, v) for k, v in (("target_acc", target_acc), ("max_drop", max_drop), ("budget_flops", budget_flops)) if v is not None]
+        options = (("target_acc", target_acc), ("max_drop", max_drop), ("budget_flops", budget_flops), ("budget_ms", budget_ms))
+        given = [(k, v) for k, v in options if v is not None]
         if len(given) > 1:
             names = " and ".join("--" + k.replace("_", "-") for k, _ in given)
-            raise ValueError(f"give at most one of --target-acc, --max-drop, --budget-flops; got {names}")
+            raise ValueError(f"give at most one of --target-acc, --max-drop, --budget-flops, --budget-ms; got {names}")
         if not given:
             return cls("max_drop", 0.0, default=True)
         return cls(*given[0])
@@ -96,7 +100,7 @@ class Pick:
         """Short name used in the default run directory: acc0.78, drop0.5, budget3e+08, nodrop."""
         if self.default:
             return "nodrop"
-        prefix = {"target_acc": "acc", "max_drop": "drop", "budget_flops": "budget"}[self.kind]
+        prefix = {"target_acc": "acc", "max_drop": "drop", "budget_flops": "budget", "budget_ms": "budgetms"}[self.kind]
         return f"{prefix}{self.value:g}"
 
     def describe(self) -> str:
@@ -106,6 +110,8 @@ class Pick:
             return f"cheapest point with val accuracy >= {self.value:g}"
         if self.kind == "max_drop":
             return f"cheapest point within {self.value:g} percentage points of the deepest exit alone"
+        if self.kind == "budget_ms":
+            return f"most accurate point within {self.value:.4g} ms per sample (latency profile)"
         return f"most accurate point costing <= {self.value / 1e6:.4g} MFLOPs"
 
     def as_dict(self) -> dict:
@@ -233,6 +239,10 @@ class SearchResult:
         guarantee: with `delta`, the Learn-then-Test certification on the calibration part
             of val (`search.guarantee.Certification`; the chosen point is its `chosen`
             candidate of the method's front), else None (the pick is a val estimate).
+        cost: "flops" (every cost field is an fvcore count) or "ms" (every cost field is
+            expected milliseconds per sample from a latency profile: `policy.latency`).
+        latency: with a latency profile, its provenance, the batch size, the profiled
+            original network's ms, and the chosen point in both units; else None.
     """
 
     settings: SearchSettings
@@ -250,6 +260,8 @@ class SearchResult:
     exits: tuple[ExitAlone, ...]
     timings: dict
     guarantee: object | None = None
+    cost: str = "flops"
+    latency: dict | None = None
 
     @property
     def rule(self) -> ExitRule:
@@ -358,6 +370,9 @@ def run_search(
     bootstrap: int = BOOTSTRAP_RESAMPLES,
     cache_path: str | os.PathLike | None = None,
     delta: float | None = None,
+    latency_profile=None,
+    batch_size: int = 1,
+    cost: str = "flops",
 ) -> SearchResult:
     """Search thresholds on val, pick one point, report everything on test.
 
@@ -376,6 +391,12 @@ def run_search(
             split (seeded by `seed`) 30/70 into a search part, the only rows the search and
             any temperature fit see, and a calibration part where the front is certified
             (`search.guarantee`); P(accuracy on new data >= target) >= 1 - delta.
+        latency_profile: a `policy.latency.LatencyProfile` of this model (checked against
+            the cache's checkpoint and exits), or None.
+        batch_size: the serving batch size the profile prices (a profiled one).
+        cost: "flops" (default) or "latency": the search, the baselines, the front and the
+            pick in expected ms per sample (needs `latency_profile`). Either way, with a
+            profile the chosen point is reported in both units (`SearchResult.latency`).
 
     Returns:
         A complete SearchResult.
@@ -402,6 +423,7 @@ def run_search(
         delta=delta,
     )
     validate_settings(cache, settings)
+    profile = _check_latency(cache, settings, latency_profile, batch_size, cost)
     from tradeoff.search import pareto  # deferred: keeps `import tradeoff.search.run` light
 
     start = time.perf_counter()
@@ -434,13 +456,23 @@ def run_search(
     # and every front is re-scored on val and test through these two.
     t0 = time.perf_counter()
     score_val = scorer_for(val_table)
+    fractions_to_flops = None
+    if cost == "latency":
+        from tradeoff.policy.latency import latency_scorer
+
+        score_val = latency_scorer(score_val, profile, batch_size)
+        cache_flops = flops
+        fractions_to_flops = lambda f: np.asarray(f) @ cache_flops  # noqa: E731
+        flops = profile.path_ms(batch_size)
     timings["scorer"] = time.perf_counter() - t0
     raw = _run_methods(val_table, settings, timings, score_val)
     reference = pareto.reference_point(flops)
-    baseline = cache.baseline_flops
+    baseline = cache.baseline_flops if cost != "latency" else profile.original_per_sample_ms(batch_size)
 
     t0 = time.perf_counter()
     score_test = scorer_for(test_table)
+    if cost == "latency":
+        score_test = latency_scorer(score_test, profile, batch_size)
     fronts = tuple(_scored_front(name, front, score_val, score_test, reference) for name, front in raw)
     timings["test"] = time.perf_counter() - t0
 
@@ -458,7 +490,7 @@ def run_search(
     front = next(f for f in fronts if f.method == settings.method)
     certification = None
     if val_split is None:
-        index = _pick(front, settings.pick, exits[-1].val_accuracy, baseline)
+        index = _pick(front, settings.pick, exits[-1].val_accuracy, baseline, unit="ms" if cost == "latency" else "flops")
     else:
         t0 = time.perf_counter()
         certification = _certify(front, cal_table, settings.pick, settings.delta, val_split)
@@ -474,6 +506,12 @@ def run_search(
         test=_figures(front.test, index, baseline, flops),
         test_accuracy_ci95=bootstrap_accuracy_ci(test_correct, resamples=bootstrap, seed=seed),
     )
+    latency = None
+    if profile is not None:
+        from tradeoff.search.latency_report import latency_figures
+
+        latency = latency_figures(chosen, profile, batch_size, cost=cost, cache_flops=np.asarray(cache.flops, dtype=np.float64),
+                                  cache_baseline_flops=float(cache.baseline_flops))
     timings["total"] = time.perf_counter() - start
     return SearchResult(
         settings=settings,
@@ -493,6 +531,8 @@ def run_search(
         exits=exits,
         timings=timings,
         guarantee=certification,
+        cost="ms" if cost == "latency" else "flops",
+        latency=latency,
     )
 
 
@@ -532,6 +572,40 @@ def _certify(front: MethodFront, cal_table: ExitTable, pick: Pick, delta: float,
     if not cert.certified:
         raise guarantee.CannotCertify(guarantee.cannot_certify_message(cert, val_split.calibration_fraction), cert)
     return cert
+
+
+def _check_latency(cache: ExitCache, settings: SearchSettings, profile, batch_size, cost: str):
+    """The latency profile checked against the cache and the options (None without one)."""
+    if cost not in ("flops", "latency"):
+        raise ValueError(f"--cost must be flops or latency; got {cost!r}")
+    if cost == "latency" and profile is None:
+        raise ValueError("--cost latency needs a device latency profile: pass --latency latency.json "
+                         "(make it with `tradeoff profile --ckpt MODEL --out latency.json`)")
+    kind = settings.pick.kind
+    if kind == "budget_ms" and cost != "latency":
+        raise ValueError("--budget-ms needs --cost latency (and --latency latency.json); use --budget-flops for FLOPs")
+    if kind == "budget_flops" and cost == "latency":
+        raise ValueError("--budget-flops prices FLOPs but --cost latency searches milliseconds; use --budget-ms")
+    if profile is None:
+        return None
+    from tradeoff.policy.latency import LatencyProfile
+
+    if not isinstance(profile, LatencyProfile):
+        raise TypeError(f"latency_profile must be a LatencyProfile (read_latency_profile(path)); got {type(profile).__name__}")
+    if not is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1; got {batch_size!r}")
+    if cost == "latency" and settings.restarts > 1 and settings.jobs > 1:
+        raise ValueError("--cost latency scores in this process: use --jobs 1 with --restarts")
+    where = profile.path or "latency profile"
+    if profile.num_exits != cache.num_exits:
+        raise ValueError(f"{where} has {profile.num_exits} exits but the cache has {cache.num_exits}; "
+                         "profile the model the cache was built from")
+    own, theirs = profile.meta.get("checkpoint_sha256"), cache.meta.get("checkpoint_sha256")
+    if own and theirs and own != theirs:
+        raise ValueError(f"{where} was measured on another checkpoint (sha256 {own[:12]}...) than the cache's "
+                         f"({theirs[:12]}...); profile the checkpoint the cache was built from")
+    profile.index_of(batch_size)
+    return profile
 
 
 def _split_tables(cache: ExitCache, **rule) -> tuple[ExitTable, ExitTable]:
@@ -616,7 +690,17 @@ def _scored_front(method: str, front, score_val, score_test, reference) -> Metho
     )
 
 
-def _pick(front: MethodFront, pick: Pick, deepest_val_acc: float, baseline: float) -> int:
+def _pick(front: MethodFront, pick: Pick, deepest_val_acc: float, baseline: float, *, unit: str = "flops") -> int:
+    if unit == "ms":
+        # pareto's messages show cost / 1e6 as MFLOPs: costs in ns read as ms there.
+        from tradeoff.errors import TargetUnreachable
+
+        scaled = Scores(front.val.accuracy, front.val.flops * 1e6, front.val.exit_fractions)
+        try:
+            return _pick(replace(front, val=scaled), replace(pick, value=pick.value * 1e6) if pick.kind == "budget_ms" else pick,
+                         deepest_val_acc, baseline * 1e6)
+        except TargetUnreachable as exc:
+            raise TargetUnreachable(str(exc).replace("MFLOPs", "ms")) from None
     from tradeoff.search import pareto
 
     acc, cost = front.val.accuracy, front.val.flops
