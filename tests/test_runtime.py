@@ -263,7 +263,7 @@ def test_bad_models_and_settings_are_reported(model):
         EarlyExitModel(model, ExitRule([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]"):
         EarlyExitModel(model, ExitRule([float("nan"), 0.5]))
-    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy; got 'top1'"):
+    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy, patience; got 'top1'"):
         EarlyExitModel(model, ExitRule([0.5, 0.5], confidence="top1"))
     with pytest.raises(ValueError, match="temperatures must be 3 positive numbers"):
         EarlyExitModel(model, ExitRule([0.5, 0.5], temperatures=[1.0, 0.0, 1.0]))
