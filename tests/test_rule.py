@@ -29,8 +29,8 @@ def test_rule_is_validated_once_at_construction():
         ExitRule([0.5], confidence="top1")
     with pytest.raises(ValueError, match="temperatures must be 2 positive numbers"):
         ExitRule([0.5], temperatures=[1.0, -1.0])
-    with pytest.raises(ValueError, match="fallback must be one of deepest; got 'ensemble'"):
-        ExitRule([0.5], fallback="ensemble")
+    with pytest.raises(ValueError, match="fallback must be one of deepest, ensemble, most-confident; got 'scan'"):
+        ExitRule([0.5], fallback="scan")
     with pytest.raises(Exception):
         rule.confidence = "maxprob"  # frozen
 
