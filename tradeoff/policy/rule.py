@@ -205,6 +205,25 @@ class ExitRule:
         return doc
 
 
+def rule_thresholds(values) -> tuple:
+    """Scorer thresholds ((M,) or per class (M, C), `OFF_THRESHOLD` = off) -> `ExitRule` entries
+    (None = off, per-class rows as tuples)."""
+    def one(v):
+        return None if float(v) >= OFF_THRESHOLD else float(v)
+
+    return tuple(tuple(one(x) for x in v) if np.ndim(v) else one(v) for v in values)
+
+
+def threshold_text(value) -> str:
+    """A threshold for people: `off`, a number, or (per class) `per class [lo..hi]`."""
+    if value is None or (np.ndim(value) == 0 and float(value) >= OFF_THRESHOLD):
+        return "off"
+    if np.ndim(value):
+        on = [float(v) for v in value if v is not None and float(v) < OFF_THRESHOLD]
+        return f"per class [{min(on):.4f}..{max(on):.4f}]" if on else "off"
+    return f"{float(value):.4f}"
+
+
 def parse_thresholds(text: str) -> tuple:
     """`0.98,0.97,off` -> (0.98, 0.97, None): the command line's thresholds (`off` = switched off).
 
