@@ -75,9 +75,7 @@ def run(args) -> int:
         threads=args.threads,
         repeats=args.repeats,
         compiled=compiled,
-        thresholds=[float(t) for t in tf.thresholds],
-        confidence=tf.confidence,
-        ensemble=tf.ensemble,
+        **tf.rule.document(),
         thresholds_file=str(tf.path),
         checkpoint=str(loaded.path),
         checkpoint_sha256=loaded.sha256,
@@ -90,7 +88,7 @@ def run(args) -> int:
         torch_version=torch.__version__,
     )
     write_json_atomic(out, doc)
-    print(report_table(report, tf.thresholds, search_test=tf.test))
+    print(report_table(report, tf.rule.thresholds, search_test=tf.test))
     if agreement is not None:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers")

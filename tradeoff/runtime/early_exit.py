@@ -43,6 +43,7 @@ from torch import nn
 from tradeoff.errors import first_line
 from tradeoff.policy.confidence import exit_outputs
 from tradeoff.policy.rule import ExitRule
+from tradeoff.policy.table import fallback_predictions
 
 
 class EarlyExitOutput(NamedTuple):
@@ -109,9 +110,10 @@ class EarlyExitModel(nn.Module):
         stages = model_stages(model)
         K = len(stages)
         if rule.num_exits != K:
+            want = K - 1 if rule.fallback == "deepest" else K
             raise ValueError(
-                f"thresholds must hold K-1 = {K - 1} numbers for this {K}-exit model; got {rule.num_exits - 1} - "
-                "were they searched on another model?"
+                f"thresholds must hold {'K-1' if want == K - 1 else 'K'} = {want} numbers for this {K}-exit model "
+                f"(fallback {rule.fallback!r}); got {len(rule.thresholds)} - were they searched on another model?"
             )
         t = rule.threshold_array()
         temps = rule.temperature_array()
@@ -128,14 +130,20 @@ class EarlyExitModel(nn.Module):
         self._eager = (self._sections, self._heads)
         self._compiled_for = None  # (sample shape, dtype, device) the graphs were traced on
         # NumPy float64 scalars, exactly what exit_table divides by and compares with.
-        self._thresholds = list(t) + [None]
+        # Per exit: a float64 scalar, a (C,) per-class row, or None (the deepest under `deepest`).
+        self._thresholds = list(t) + ([None] if rule.fallback == "deepest" else [])
+        self.fallback = rule.fallback
+        # Every exit's logits are kept while a sample is in flight when the answer or the
+        # confidence needs more than the current exit: running ensemble, patience, fallbacks.
+        self._keep_history = self.ensemble or rule.confidence == "patience" or rule.fallback != "deepest"
+        self._simple = not (rule.per_class or rule.confidence == "patience" or rule.fallback != "deepest")
         self._temps = temps
         self._temps_float = [float(T) for T in temps]
 
     @property
     def thresholds(self) -> np.ndarray:
-        """(K-1,) float64 thresholds."""
-        return np.array(self._thresholds[:-1], dtype=np.float64)
+        """(M,) float64 thresholds (per class (M, C)); `OFF_THRESHOLD` where an exit is off."""
+        return self.rule.threshold_array()
 
     @property
     def temperatures(self) -> np.ndarray:
@@ -169,12 +177,23 @@ class EarlyExitModel(nn.Module):
         `history` holds the (n, C) logits of exits 1..k of these samples (only the last
         is needed without `ensemble`, since then exit k answers on its own softmax).
         """
-        if not self.ensemble:
+        if not self.ensemble and self.confidence != "patience":
             conf, pred = exit_outputs(history[-1][None], confidence=self.confidence, temperatures=self._temps[k : k + 1])
         else:
-            conf, pred = exit_outputs(np.stack(history), confidence=self.confidence, ensemble=True,
-                                      temperatures=self._temps[: k + 1])
+            conf, pred = exit_outputs(np.stack(history[: k + 1]), confidence=self.confidence, ensemble=self.ensemble,
+                                      temperatures=self._temps[: k + 1], total_exits=self.num_exits)
         return conf[-1], pred[-1]
+
+    def _passes(self, k: int, conf: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        """(n,) bool: exit k's confidence reaches its threshold (per class: that of the answer's class)."""
+        t = self._thresholds[k]
+        return conf >= (t[answer] if np.ndim(t) else t)
+
+    def _fallback_answers(self, history: list) -> np.ndarray:
+        """The fallback's answers for samples in flight after every exit ran (`policy.fallback_predictions`)."""
+        logits = np.stack(history)
+        conf, pred = exit_outputs(logits, confidence=self.confidence, ensemble=self.ensemble, temperatures=self._temps)
+        return fallback_predictions(logits, conf, pred, self.fallback, self._temps)
 
     def forward(self, x: torch.Tensor) -> EarlyExitOutput:
         """Early-exit predictions for a batch x (N, ...), under `torch.inference_mode()`.
@@ -190,7 +209,7 @@ class EarlyExitModel(nn.Module):
                 return self.forward(x)
         if self.compiled:
             self._use_compiled(x)
-        if x.shape[0] == 1:
+        if x.shape[0] == 1 and self._simple:
             return self._forward_one(x)
         n = x.shape[0]
         predictions = np.empty(n, dtype=np.int64)
@@ -201,14 +220,18 @@ class EarlyExitModel(nn.Module):
         for k in range(self.num_exits):
             x = self._sections[k](x)
             history.append(self._heads[k](x).cpu().numpy())
-            if not self.ensemble:
+            if not self._keep_history:
                 history = history[-1:]
             conf, answer = self._decide(k, history)
-            if k == last:
+            if k == last and self._thresholds[k] is None:  # `deepest`: the last exit answers
                 predictions[alive] = answer
                 exits[alive] = k
                 break
-            leave = conf >= self._thresholds[k]
+            leave = self._passes(k, conf, answer)
+            if k == last:  # the last exit is thresholded: the fallback answers the rest, at exit K
+                predictions[alive] = np.where(leave, answer, self._fallback_answers(history))
+                exits[alive] = k
+                break
             if leave.any():
                 gone = alive[leave]
                 predictions[gone] = answer[leave]
@@ -648,8 +671,11 @@ def report_document(report: RuntimeReport, **context) -> dict:
     return doc
 
 
-def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=None, search_test: dict | None = None) -> str:
-    """Two terminal tables: where samples left, then accuracy / latency / speed-up."""
+def report_table(report: RuntimeReport, thresholds, *, exit_names=None, search_test: dict | None = None) -> str:
+    """Two terminal tables: where samples left, then accuracy / latency / speed-up.
+
+    `thresholds`: an `ExitRule`'s entries (None = off, per-class rows) or a (K-1,) array."""
+    from tradeoff.policy.rule import threshold_text
     from tradeoff.report.documents import format_table
 
     K = report.flops.size
@@ -658,7 +684,8 @@ def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=No
     expected = (search_test or {}).get("exit_fractions")
     expected = expected if isinstance(expected, list) and len(expected) == K else [None] * K
     rows = [
-        (names[k], None if k == K - 1 else float(thresholds[k]), int(counts[k]), float(report.exit_fractions[k]),
+        (names[k], "-" if k >= len(thresholds) else threshold_text(thresholds[k]), int(counts[k]),
+         float(report.exit_fractions[k]),
          expected[k], report.flops[k] / 1e6)
         for k in range(K)
     ]
@@ -694,7 +721,7 @@ def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: Runt
     fall on either side.
     """
     from tradeoff.cache.format import load_cache
-    from tradeoff.policy.table import exit_indices, rule_table
+    from tradeoff.policy.table import rule_decisions
 
     test = load_cache(cache_path).select("test")
     if not np.array_equal(test.labels, labels):
@@ -702,10 +729,7 @@ def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: Runt
             f"cache {cache_path}: its test split ({test.num_samples} rows) is not the data's test split "
             f"({labels.size} rows) in the same order; pass the data the cache was built from"
         )
-    exits = exit_indices(rule_table(test.logits, test.labels, test.flops, rule), rule.threshold_array())
-    _, pred = exit_outputs(test.logits, confidence=rule.confidence, ensemble=rule.ensemble,
-                           temperatures=None if rule.temperatures is None else rule.temperature_array())
-    answers = pred[exits, np.arange(exits.size)]
+    exits, answers = rule_decisions(test.logits, rule)
     return {
         "exits": float(np.mean(exits == report.exits)),
         "predictions": float(np.mean(answers == report.predictions)),
