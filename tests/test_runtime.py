@@ -257,9 +257,9 @@ def test_bad_models_and_settings_are_reported(model):
         EarlyExitModel(MultiExitNet(), ExitRule([0.5]))
     with pytest.raises(ValueError, match="1 stage.*at least 2 exits"):
         EarlyExitModel(_OneStage(), ExitRule([0.5]))
-    with pytest.raises(ValueError, match=r"K-1 = 2 numbers for this 3-exit model; got 3 "):
+    with pytest.raises(ValueError, match=r"K-1 = 2 numbers for this 3-exit model \(fallback 'deepest'\); got 3 "):
         EarlyExitModel(model, ExitRule([0.5, 0.5, 0.5]))
-    with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]; got \[0.5, 1.5\]"):
+    with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]; got 1.5 - .* switch it off"):
         EarlyExitModel(model, ExitRule([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]"):
         EarlyExitModel(model, ExitRule([float("nan"), 0.5]))
