@@ -17,8 +17,10 @@ _METHOD_LABELS = {
     "msdnet": "MSDNet budget rule",
     "random": "random search",
     "grid": "exhaustive grid",
+    "nsga-per-class": "NSGA-II per-class",
 }
-_METHOD_COLORS = {"nsga": "#1f77b4", "global": "#ff7f0e", "msdnet": "#2ca02c", "random": "#9467bd", "grid": "#8c564b"}
+_METHOD_COLORS = {"nsga": "#1f77b4", "global": "#ff7f0e", "msdnet": "#2ca02c", "random": "#9467bd", "grid": "#8c564b",
+                  "nsga-per-class": "#e377c2"}
 _CHOSEN_COLOR = "#d62728"
 
 
@@ -54,6 +56,10 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
             label=f"{_METHOD_LABELS.get(series.method, series.method)} (val)",
             zorder=2,
         )
+        if show_test and series.test_mflops is not None:  # the per-class front, beside the per-exit one
+            ax.scatter(series.test_mflops, series.test_accuracy, s=18, marker="s", facecolors="none",
+                       edgecolors=_METHOD_COLORS.get(series.method), linewidths=0.8, zorder=3,
+                       label=f"{_METHOD_LABELS.get(series.method, series.method)} on test")
 
     xs = [e.mflops for e in data.exits]
     ax.scatter(xs, [e.val_accuracy for e in data.exits], marker="*", s=170, color="black", zorder=5,

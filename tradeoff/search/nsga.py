@@ -155,10 +155,14 @@ def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator, de
     Informed: all ones (nearly everyone goes to the deepest exit; saturated exits off),
     all zeros (everyone leaves at exit 1), and for a few levels q the per-exit
     val-confidence q-quantiles (per class: the same, every class at its exit's value).
+    When the last exit is thresholded too (ensemble / most-confident fallbacks), also the
+    same points with the last threshold 0, i.e. the `deepest` rule's points.
     """
     dim = decoder.num_thresholds
     informed = [np.ones(dim), np.zeros(dim)]
     informed += list(np.quantile(table.confidence[:dim], _SEED_QUANTILES, axis=1))
+    if dim == table.num_exits:  # every exit thresholded: the same points with the last exit taking all
+        informed += [np.append(row[:-1], 0.0) for row in (informed[0], *informed[2:])]
     informed = decoder.seed_genes(np.asarray(informed, dtype=np.float64))[:pop]
     uniform = rng.random((pop - informed.shape[0], decoder.dim))
     return np.clip(np.concatenate([informed, uniform]), 0.0, 1.0)
