@@ -149,7 +149,8 @@ class _Individual:
         fitness.wvalues = (accuracy, -flops)  # = values * weights, exactly
 
 
-def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator, decoder: GeneDecoder) -> np.ndarray:
+def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator,
+                        decoder: GeneDecoder | None = None) -> np.ndarray:
     """(pop, D) starting genes: informed ones first, the rest uniform in [0, 1].
 
     Informed: all ones (nearly everyone goes to the deepest exit; saturated exits off),
@@ -158,6 +159,7 @@ def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator, de
     When the last exit is thresholded too (ensemble / most-confident fallbacks), also the
     same points with the last threshold 0, i.e. the `deepest` rule's points.
     """
+    decoder = GeneDecoder(table) if decoder is None else decoder
     dim = decoder.num_thresholds
     informed = [np.ones(dim), np.zeros(dim)]
     informed += list(np.quantile(table.confidence[:dim], _SEED_QUANTILES, axis=1))
