@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from tradeoff.policy.rule import OFF_THRESHOLD
+
 from tradeoff.policy.scoring import ExitTable, exit_indices, exit_table, score_thresholds
 from tradeoff.search.baselines import (
     global_threshold_search,
@@ -25,7 +27,7 @@ def _check_front(front, table, method):
     F = front.size
     assert front.method == method and F >= 1
     assert front.thresholds.shape == (F, table.num_exits - 1)
-    assert np.all((front.thresholds >= 0) & (front.thresholds <= 1))
+    assert np.all((front.thresholds >= 0) & ((front.thresholds <= 1) | (front.thresholds == OFF_THRESHOLD)))
     assert np.all(np.diff(front.flops) > 0) and np.all(np.diff(front.accuracy) > 0)
     assert pareto_mask(1.0 - front.accuracy, front.flops).all()
     s = score_thresholds(table, front.thresholds)
@@ -57,8 +59,9 @@ def test_msdnet_thresholds_by_hand():
     # exit 2 ranks only the six still present: sample 0 (0.99 there) already left
     np.testing.assert_array_equal(th, [0.7, 0.8])
     np.testing.assert_array_equal(np.bincount(exit_indices(t, th), minlength=3), [3, 3, 3])
-    # tiny p: everyone should leave at exit 1 -> threshold = least confident sample
-    np.testing.assert_array_equal(msdnet_thresholds(t, 1e-6), [0.1, 1.0])
+    # tiny p: q_1 = 1 / (1 + 1e-6 + 1e-12), so floor(9 q_1) = 8 (MSDNet rounds down): the 8th most
+    # confident sample sets T_1 = 0.2; floor(9 q_2) = 0, so nobody leaves at exit 2 (off)
+    np.testing.assert_array_equal(msdnet_thresholds(t, 1e-6), [0.2, OFF_THRESHOLD])
     # ties: the threshold is the confidence of the last sample wanted; all tied samples leave
     tied = ExitTable(np.array([[0.5] * 6, [0.0] * 6]), np.ones((2, 6), bool), np.array([1.0, 2.0]))
     assert np.all(exit_indices(tied, msdnet_thresholds(tied, 1.0)) == 0)

@@ -225,9 +225,9 @@ def test_error_messages():
         score_thresholds_reference(table, np.array([[0.1, np.inf, 0.2]]))
     with pytest.raises(TypeError, match="thresholds must be numbers"):
         check_thresholds([["a", "b", "c"]], 4)
-    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy; got 'softmax'"):
+    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy, patience; got 'softmax'"):
         exit_table(np.zeros((2, 3, 4), np.float32), np.zeros(3, int), np.ones(2), confidence="softmax")
-    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy; got 'energy'"):
+    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy, patience; got 'energy'"):
         confidence_of(np.ones((2, 3)) / 3, "energy")
     with pytest.raises(ValueError, match=r"logits must have shape \(K, N, C\); got \(3, 4\)"):
         exit_table(np.zeros((3, 4), np.float32), np.zeros(3, int), np.ones(1))

@@ -23,14 +23,14 @@ def test_rule_is_validated_once_at_construction():
         ExitRule([float("nan")])
     with pytest.raises(TypeError, match="thresholds must be numbers in"):
         ExitRule([True])
-    with pytest.raises(ValueError, match="hold K-1 >= 1 values"):
+    with pytest.raises(ValueError, match="must hold at least one value"):
         ExitRule([])
-    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy; got 'top1'"):
+    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy, patience; got 'top1'"):
         ExitRule([0.5], confidence="top1")
     with pytest.raises(ValueError, match="temperatures must be 2 positive numbers"):
         ExitRule([0.5], temperatures=[1.0, -1.0])
-    with pytest.raises(ValueError, match="fallback must be one of deepest; got 'ensemble'"):
-        ExitRule([0.5], fallback="ensemble")
+    with pytest.raises(ValueError, match="fallback must be one of deepest, ensemble, most-confident; got 'scan'"):
+        ExitRule([0.5], fallback="scan")
     with pytest.raises(Exception):
         rule.confidence = "maxprob"  # frozen
 

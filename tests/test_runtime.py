@@ -251,13 +251,13 @@ def test_bad_models_and_settings_are_reported(model):
         EarlyExitModel(MultiExitNet(), ExitRule([0.5]))
     with pytest.raises(ValueError, match="1 stage.*at least 2 exits"):
         EarlyExitModel(_OneStage(), ExitRule([0.5]))
-    with pytest.raises(ValueError, match=r"K-1 = 2 numbers for this 3-exit model; got 3 "):
+    with pytest.raises(ValueError, match=r"K-1 = 2 numbers for this 3-exit model \(fallback 'deepest'\); got 3 "):
         EarlyExitModel(model, ExitRule([0.5, 0.5, 0.5]))
-    with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]; got \[0.5, 1.5\]"):
+    with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]; got 1.5 - .* switch it off"):
         EarlyExitModel(model, ExitRule([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"thresholds must lie in \[0, 1\]"):
         EarlyExitModel(model, ExitRule([float("nan"), 0.5]))
-    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy; got 'top1'"):
+    with pytest.raises(ValueError, match="confidence must be one of maxprob, margin, entropy, patience; got 'top1'"):
         EarlyExitModel(model, ExitRule([0.5, 0.5], confidence="top1"))
     with pytest.raises(ValueError, match="temperatures must be 3 positive numbers"):
         EarlyExitModel(model, ExitRule([0.5, 0.5], temperatures=[1.0, 0.0, 1.0]))
@@ -513,3 +513,47 @@ def test_tradeoff_run_compiled_reports_agreement(run_files):
     assert result["compiled"] is True
     assert result["cache_agreement"] == {"exits": 1.0, "predictions": 1.0}  # thresholds clear of rounding
     assert result["accuracy"] == pytest.approx(np.mean(answers == y))
+
+
+RULES_ISSUE_11 = [
+    ExitRule([None, 0.6], confidence="maxprob"),
+    ExitRule([0.7, 0.5, 0.8], fallback="ensemble"),
+    ExitRule([0.9, None, 0.95], fallback="most-confident", ensemble=True),
+    ExitRule([0.5, 0.7], confidence="patience"),
+    ExitRule([0.6, 1.0, 0.9], confidence="patience", fallback="ensemble", temperatures=None),
+    ExitRule([tuple(np.linspace(0.3, 0.9, 10)), (None,) * 5 + (0.5,) * 5], confidence="margin"),
+    ExitRule([tuple(np.linspace(0.9, 0.3, 10)), 0.6 * np.ones(10), (0.99,) * 10], fallback="ensemble",
+             temperatures=[0.7, 1.5, 1.2]),
+]
+
+
+@pytest.mark.parametrize("rule", RULES_ISSUE_11, ids=range(len(RULES_ISSUE_11)))
+def test_every_exit_rule_runs_with_the_cache_rules_decisions(model, digits, full_logits, rule):
+    """Issue 11: fallbacks, off, patience and per-class thresholds make the same decisions at run
+    time (real early exit, batch 1 and batched) as `rule_decisions` on the cached logits."""
+    from tradeoff.policy.table import rule_decisions
+
+    x, _ = digits
+    exits, answers = rule_decisions(full_logits, rule)
+    runner = EarlyExitModel(model, rule)
+    for batch_size in (1, 64):
+        n = 120 if batch_size == 1 else x.shape[0]
+        preds, got_exits = run_early_exit(runner, x[:n], batch_size=batch_size)
+        np.testing.assert_array_equal(got_exits, exits[:n])
+        np.testing.assert_array_equal(preds, answers[:n])
+
+
+def test_the_issue_11_rules_exercise_every_exit_and_the_fallbacks(full_logits):
+    from tradeoff.policy.table import ExitTable, exit_indices, rule_decisions
+    from tradeoff.policy.confidence import exit_outputs
+
+    seen, fallback_used = set(), 0
+    for rule in RULES_ISSUE_11:
+        exits, _ = rule_decisions(full_logits, rule)
+        seen.update(np.unique(exits).tolist())
+        if rule.fallback != "deepest":
+            conf, pred = exit_outputs(full_logits, confidence=rule.confidence, ensemble=rule.ensemble,
+                                      temperatures=rule.temperatures and np.asarray(rule.temperatures))
+            table = ExitTable(conf, np.zeros(conf.shape, bool), np.ones(K), fallback=rule.fallback, predicted=pred)
+            fallback_used += int(exit_indices(table, rule.threshold_array(), with_fallback=True)[1].sum())
+    assert seen == {0, 1, 2} and fallback_used > 0

@@ -79,7 +79,7 @@ def test_search_writer_output_is_readable(tmp_path):
         ({**GOOD, "thresholds": [-0.1, 0.5]}, r"thresholds must lie in \[0, 1\].*got -0.1"),
         ('{"thresholds": [NaN, 0.5], "confidence": "maxprob", "ensemble": false, "calibration": null}',
          r"thresholds must lie in \[0, 1\].*got nan"),
-        ({**GOOD, "confidence": "top1"}, r"confidence must be one of maxprob, margin, entropy; got 'top1'"),
+        ({**GOOD, "confidence": "top1"}, r"confidence must be one of maxprob, margin, entropy, patience; got 'top1'"),
         ({**GOOD, "ensemble": "no"}, r"ensemble must be true or false; got 'no'"),
         ({**GOOD, "num_exits": 4}, r"inconsistent: num_exits = 4 needs 3 thresholds but it holds 2"),
         ({**GOOD, "num_exits": 1.5}, r"num_exits must be an integer >= 2; got 1.5"),

@@ -14,12 +14,12 @@ import argparse
 import sys
 
 from tradeoff import __version__
-from tradeoff.commands import cache, demo, export, import_, plot, profile, report, run, search, train
+from tradeoff.commands import cache, demo, evaluate, export, import_, plot, profile, report, run, search, train
 from tradeoff.errors import TargetUnreachable
 
 EXIT_USER_ERROR = 1
 EXIT_UNREACHABLE = TargetUnreachable.exit_code
-COMMANDS = (train, cache, import_, search, plot, profile, report, run, export, demo)  # the order `tradeoff --help` lists them in
+COMMANDS = (train, cache, import_, search, evaluate, plot, profile, report, run, export, demo)  # the order `tradeoff --help` lists them in
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,9 +93,7 @@ def run(args) -> int:
         threads=args.threads,
         repeats=args.repeats,
         compiled=compiled,
-        thresholds=[float(t) for t in tf.thresholds],
-        confidence=tf.confidence,
-        ensemble=tf.ensemble,
+        **tf.rule.document(),
         thresholds_file=str(tf.path),
         checkpoint=str(loaded.path),
         checkpoint_sha256=loaded.sha256,
@@ -109,7 +107,7 @@ def run(args) -> int:
         **predicted,
     )
     write_json_atomic(out, doc)
-    print(report_table(report, tf.thresholds, search_test=tf.test))
+    print(report_table(report, tf.rule.thresholds, search_test=tf.test))
     if predicted:
         measured = report.latency.latency_ms
         print(f"\npredicted latency {predicted['predicted_latency_ms']:.4g} ms/sample (profile "
@@ -191,13 +189,12 @@ def run_onnxruntime(args) -> int:
                            latency=latency)
     agreement = onnx_cache_agreement(args.cache, tf.rule, y, labels, exits) if args.cache else None
     doc = report_document(report, backend="onnxruntime", batch_size=args.batch_size, threads=args.threads,
-                          repeats=args.repeats, thresholds=list(tf.rule.thresholds), confidence=tf.confidence,
-                          ensemble=tf.ensemble, thresholds_file=str(tf.path), checkpoint=str(loaded.path),
+                          repeats=args.repeats, **tf.rule.document(), thresholds_file=str(tf.path), checkpoint=str(loaded.path),
                           checkpoint_sha256=loaded.sha256, arch=loaded.arch, data=spec, split="test",
                           data_fingerprint=data.fingerprint, search_test=tf.test, cache_agreement=agreement,
                           onnxruntime_version=onnxruntime_version(), torch_version=torch.__version__)
     write_json_atomic(out, doc)
-    print(report_table(report, tf.thresholds, search_test=tf.test))
+    print(report_table(report, tf.rule.thresholds, search_test=tf.test))
     if agreement is not None:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers (ONNX Runtime, CPU provider)")

@@ -26,7 +26,14 @@ def add_parser(sub) -> None:
     p.add_argument("--delta", type=float, help="guarantee the --target-acc / --max-drop pick: P(accuracy on new data "
                                                ">= target) >= 1 - DELTA (Learn-then-Test on 70%% of val), e.g. 0.1")
     p.add_argument("--method", default="nsga", help="nsga | global | msdnet | random | grid (all are drawn)")
-    p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy"))
+    p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy", "patience"),
+                   help="patience: run of equal predictions ending at the exit / K (PABEE)")
+    p.add_argument("--fallback", default="deepest", choices=("deepest", "ensemble", "most-confident"),
+                   help="who answers a sample no exit accepted: the deepest exit (default), the mean of all exits' "
+                        "logits (SCAN; thresholds every exit) or the most confident exit (SDN)")
+    p.add_argument("--per-class", action="store_true",
+                   help="also search one threshold per exit and predicted class (shrunk toward the exit's own); "
+                        "the pick is made on that front, the per-exit front is kept beside it")
     p.add_argument("--ensemble", action="store_true", help="exit k answers with the mean softmax of exits 1..k")
     p.add_argument("--calibrate", action="store_true", help="fit per-exit temperatures on val")
     p.add_argument("--pop", type=int, default=100, help="NSGA-II population size (>= 4; default 100)")
@@ -72,6 +79,8 @@ def run(args) -> int:
         confidence=args.confidence,
         ensemble=args.ensemble,
         calibrate=args.calibrate,
+        fallback=args.fallback,
+        per_class=args.per_class,
         pop=args.pop,
         gens=args.gens,
         seed=args.seed,

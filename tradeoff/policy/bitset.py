@@ -40,6 +40,12 @@ O(P K B) scattered bit flips per call, kept minor by the level count (see
 ~0.6 M flips against ~11 M word operations per 100 rows). Once the cap binds, B grows
 like K N^2 / cap, so for N well beyond 10^6 raise `max_level_bytes` to stay linear.
 
+Fallbacks. Under `ensemble` / `most-confident` every exit is thresholded (M = K) and the
+fallback's answer does not depend on the thresholds, so it is one more "right" row: the
+slots are the M thresholded exits plus the fallback, C_M its right answers, and the
+counting above runs on M + 1 slots unchanged (under `deepest`, M = K-1 and C_M = C_{K-1}).
+Per-class thresholds (P, M, C) are scored by the vectorised reference instead.
+
 Arithmetic. Both this scorer and the reference produce integer counts (samples leaving
 at each exit, samples answered right) and turn them into scores with the same few float
 operations (`tradeoff.policy.table.scores_from_counts`), so their results are equal bit for bit.
@@ -52,7 +58,9 @@ from typing import Callable
 import numpy as np
 
 from tradeoff.errors import is_integer
-from tradeoff.policy.table import ExitTable, Scores, check_table, check_thresholds, scores_from_counts
+from tradeoff.policy.table import (
+    ExitTable, Scores, check_table, check_thresholds, score_thresholds_reference, scores_from_slots,
+)
 
 # Budget for the scorer's level bitsets; beyond it, levels thin out (block size B > 1).
 DEFAULT_MAX_LEVEL_BYTES = 256 * 2**20
@@ -140,13 +148,14 @@ class BitsetScorer:
     def __init__(self, table: ExitTable, *, max_level_bytes: int = DEFAULT_MAX_LEVEL_BYTES, block: int | None = None):
         check_table(table)
         K, N = table.confidence.shape
-        M, W = K - 1, (N + 63) // 64
-        self._K, self._N, self._W = K, N, W
-        self._flops = np.asarray(table.flops, dtype=np.float64)
-        right = _pack_rows(table.correct)  # (K, W): C_k
-        self._flip = right[:-1] ^ right[1:]  # (M, W) D_k: exits k and k + 1 disagree on rightness
-        self._right_last = right[K - 1]
-        self._right_at_last = int(table.correct[K - 1].sum())
+        M, W = table.num_thresholds, (N + 63) // 64
+        self._K, self._M, self._N, self._W = K, M, N, W
+        self._table = table
+        answer_correct = table.answer_correct  # (M + 1, N): the thresholded exits, then the fallback
+        right = _pack_rows(answer_correct)  # (M + 1, W): C_k
+        self._flip = right[:-1] ^ right[1:]  # (M, W) D_k: slots k and k + 1 disagree on rightness
+        self._right_last = right[M]
+        self._right_at_last = int(answer_correct[M].sum())
         if block is None:
             block = _choose_block(N, M, max_level_bytes)
         if not is_integer(block) or block < 1:
@@ -167,24 +176,26 @@ class BitsetScorer:
         self.level_bytes = int(self._levels_2d.nbytes)
 
     def __call__(self, thresholds: np.ndarray) -> Scores:
-        """Score a (P, K-1) threshold matrix; a (K-1,) vector is one row."""
-        t = check_thresholds(thresholds, self._K)
+        """Score a (P, M) threshold matrix (M = K-1 under `deepest`, else K); a (M,) vector is one
+        row. Per-class (P, M, C) thresholds go to the vectorised reference (same counts)."""
+        if self._table.predicted is not None and np.ndim(thresholds) == 3:
+            return score_thresholds_reference(self._table, thresholds)
+        t = check_thresholds(thresholds, self._K, self._M)
         P = t.shape[0]
-        K, N, W = self._K, self._N, self._W
-        M = K - 1
-        exit_counts = np.zeros((P, K), dtype=np.int64)
+        N, W, M = self._N, self._W, self._M
+        exit_counts = np.zeros((P, M + 1), dtype=np.int64)  # slots: M thresholded exits, then the fallback
         correct_counts = np.zeros(P, dtype=np.int64)
         if M == 0:
             exit_counts[:, 0] = N
             correct_counts[:] = self._right_at_last
-            return scores_from_counts(correct_counts, exit_counts, self._flops, N)
+            return scores_from_slots(correct_counts, exit_counts, self._table)
         tt = np.ascontiguousarray(t.T)  # (M, P)
         rows = int(max(1, min(P, _CALL_BYTES // (16 * (M + 1) * W))))  # uint64 bitsets + float64 popcounts
         for p0 in range(0, P, rows):
             p1 = min(P, p0 + rows)
             r = np.stack([np.searchsorted(self._sorted[k], tt[k, p0:p1], side="left") for k in range(M)])
             self._count(r, exit_counts[p0:p1], correct_counts[p0:p1])
-        return scores_from_counts(correct_counts, exit_counts, self._flops, N)
+        return scores_from_slots(correct_counts, exit_counts, self._table)
 
     def _count(self, r: np.ndarray, exit_counts: np.ndarray, correct_counts: np.ndarray) -> None:
         """Counts for the rows whose first passing places are `r` (M, P), written in place.

@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from tradeoff import __version__
 from tradeoff.fileio import pid_alive, sibling_tempdir, write_json_atomic, write_text_atomic
+from tradeoff.policy.rule import OFF_THRESHOLD, threshold_text
 
 THRESHOLDS_FILE = "thresholds.json"
 PARETO_FILE = "pareto.csv"
@@ -129,6 +130,13 @@ def _floats(values) -> list[float]:
     return [float(v) for v in values]
 
 
+def _threshold_doc(values) -> list:
+    """Thresholds for JSON: None (null) where an exit is off, per-class rows as lists."""
+    from tradeoff.policy.rule import rule_thresholds
+
+    return [list(v) if isinstance(v, tuple) else v for v in rule_thresholds(values)]
+
+
 def _figures(point, *, with_ci: tuple[float, float] | None = None) -> dict:
     doc = {
         "accuracy": float(point.accuracy),
@@ -197,14 +205,17 @@ def pareto_csv(result, method: str = "nsga") -> str:
     the values only.
     """
     front = result.front(method)
-    K = result.num_exits
-    headers = [f"t{k + 1}" for k in range(K - 1)]
+    M = front.thresholds.shape[1]
+    if front.thresholds.ndim == 3:  # per class: t<exit>_c<class>
+        headers = [f"t{k + 1}_c{c}" for k in range(M) for c in range(front.thresholds.shape[2])]
+    else:
+        headers = [f"t{k + 1}" for k in range(M)]
     headers += ["val_accuracy", "test_accuracy", "flops", "mflops", "speedup", "test_flops"]
     headers += [f"val_frac_{_csv_name(name)}" for name in result.exit_names]
     lines = [",".join(headers)]
     for i in range(front.size):
         flops = float(front.val.flops[i])
-        values = list(front.thresholds[i]) + [
+        values = list(front.thresholds[i].ravel()) + [
             front.val.accuracy[i],
             front.test.accuracy[i],
             flops,
@@ -213,7 +224,9 @@ def pareto_csv(result, method: str = "nsga") -> str:
             front.test.flops[i],
         ]
         values += list(front.val.exit_fractions[i])
-        lines.append(",".join(repr(float(v)) for v in values))
+        width = front.thresholds[i].size  # threshold cells come first; a switched-off exit reads "off"
+        lines.append(",".join("off" if j < width and float(v) >= OFF_THRESHOLD else repr(float(v))
+                              for j, v in enumerate(values)))
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +249,7 @@ def summary_document(result) -> dict:
             "hypervolume": float(front.hypervolume),
             "evaluations": int(front.evaluations),
             "seconds": float(front.seconds),
-            "thresholds": [_floats(row) for row in front.thresholds],
+            "thresholds": [_threshold_doc(row) for row in front.thresholds],
             "val_accuracy": _floats(front.val.accuracy),
             "val_flops": _floats(front.val.flops),
             "test_accuracy": _floats(front.test.accuracy),
@@ -251,6 +264,8 @@ def summary_document(result) -> dict:
             "confidence": s.confidence,
             "ensemble": bool(s.ensemble),
             "calibrate": bool(s.calibrate),
+            "fallback": s.fallback,
+            "per_class": bool(s.per_class),
             "pop": s.pop,
             "gens": s.gens,
             "seed": s.seed,
@@ -292,12 +307,13 @@ def summary_document(result) -> dict:
         "chosen": {
             "method": result.chosen.method,
             "index": result.chosen.index,
-            "thresholds": _floats(result.chosen.thresholds),
+            "thresholds": _threshold_doc(result.chosen.thresholds),
             "val": _figures(result.chosen.val),
             "test": _figures(result.chosen.test, with_ci=result.chosen.test_accuracy_ci95),
             "guarantee": _guarantee(result),
         },
         "fronts": fronts,
+        "per_class_comparison": result.per_class_comparison,
     }
 
 
@@ -349,7 +365,8 @@ def summary_text(result) -> str:
         f"picked on val by {chosen.method}: {pick.describe()}" if getattr(result, "guarantee", None) is None else
         f"picked by {chosen.method}: the cheapest point of the front found on the search part of val that is certified "
         f"on the calibration part ({pick.flag.replace('-', ' ')} {pick.value:g})",
-        "thresholds  " + "  ".join(f"{names[k]} >= {t:.4f}" for k, t in enumerate(chosen.thresholds)),
+        "thresholds  " + "  ".join(f"{names[k]} >= {threshold_text(t)}" for k, t in enumerate(chosen.thresholds))
+        + (f"  (fallback {result.settings.fallback})" if result.settings.fallback != "deepest" else ""),
     ]
     rows = []
     for split, fig in (("val", chosen.val), ("test", chosen.test)):
@@ -563,7 +580,7 @@ def parse_pareto_csv(text: str, *, source: str = PARETO_FILE) -> dict[str, list[
             raise ValueError(f"{source} line {number} has {len(cells)} cells; the header has {len(headers)}")
         for h, cell in zip(headers, cells):
             try:
-                columns[h].append(float(cell))
+                columns[h].append(float("inf") if cell == "off" else float(cell))
             except ValueError:
                 raise ValueError(f"{source} line {number}: {h} = {cell!r} is not a number") from None
     return columns

@@ -29,7 +29,9 @@ def plot_exits(data: ExitsPlotData, *, figsize: tuple[float, float] = (8.0, 4.8)
         ax.bar_label(bars, fmt="%.1f%%", fontsize=8, padding=2)
     labels = []
     for k, (name, mflops) in enumerate(zip(data.exit_names, data.exit_mflops)):
-        rule = f"conf >= {data.thresholds[k]:.3f}" if k < len(data.thresholds) else "the rest"
+        t = data.thresholds[k] if k < len(data.thresholds) else "rest"
+        rule = ("the rest" if t == "rest" else "off" if t is None else "conf >= per class" if isinstance(t, tuple)
+                else f"conf >= {t:.3f}")
         labels.append(f"{name}\n{mflops:.4g} {data.cost_label}\n{rule}")
     ax.set_xticks(x, labels, fontsize=8.5)
     ax.set_ylabel("samples leaving here (%)")

@@ -328,12 +328,9 @@ def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
         tables[split] = exit_table(part.logits, part.labels, part.flops, **rule)
     split_doc = (doc.get("guarantee") or {}).get("split")
     if split_doc:  # with --delta the fronts were searched (and their "val" figures taken) on the search part only
-        from tradeoff.policy.table import ExitTable
         from tradeoff.search.guarantee import split_val
 
-        val = tables["val"]
-        rows = split_val(val.confidence.shape[1], seed=int(split_doc["seed"])).search
-        tables["val"] = ExitTable(val.confidence[:, rows], val.correct[:, rows], val.flops)
+        tables["val"] = tables["val"].columns(split_val(tables["val"].num_samples, seed=int(split_doc["seed"])).search)
     out = []
     for front in fronts:
         t = np.where(np.isnan(front.thresholds), 2.0, front.thresholds)  # off: confidences are <= 1, nobody leaves

@@ -46,6 +46,10 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
             label=f"{METHOD_LABELS.get(series.method, series.method)} (val)",
             zorder=2,
         )
+        if show_test and series.test_mflops is not None:  # the per-class front, beside the per-exit one
+            ax.scatter(series.test_mflops, series.test_accuracy, s=18, marker="s", facecolors="none",
+                       edgecolors=METHOD_COLORS.get(series.method), linewidths=0.8, zorder=3,
+                       label=f"{METHOD_LABELS.get(series.method, series.method)} on test")
 
     xs = [e.mflops for e in data.exits]
     ax.scatter(xs, [e.val_accuracy for e in data.exits], marker="*", s=170, color="black", zorder=5,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 from tradeoff.report import documents as report
+from tradeoff.policy.rule import OFF_THRESHOLD, rule_thresholds
 
 # --------------------------------------------------------------------------- gathered data
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class ExitsPlotData:
         title: names the cache / architecture.
         exit_names: (K,) names.
         exit_mflops: (K,) cost of leaving at each exit, MFLOPs.
-        thresholds: (K-1,) the chosen thresholds.
+        thresholds: the chosen thresholds: floats, None where an exit is off, tuples per class.
         val_fractions, test_fractions: (K,) share of samples leaving at each exit.
     """
 
@@ -187,7 +188,10 @@ def pareto_plot_data(source) -> ParetoPlotData:
             _floats(reported.test.accuracy),
         )
     ]
-    fronts += [FrontSeries(f.method, _mflops(f.val.flops), _floats(f.val.accuracy)) for f in result.fronts if f.method != "nsga"]
+    # the per-class front is drawn with its test points too (beside the per-exit one)
+    fronts += [FrontSeries(f.method, _mflops(f.val.flops), _floats(f.val.accuracy),
+                           *((_mflops(f.test.flops), _floats(f.test.accuracy)) if f.method == "nsga-per-class" else ()))
+               for f in result.fronts if f.method != "nsga"]
     exits = tuple(ExitPoint(e.name, e.flops / 1e6, e.val_accuracy, e.test_accuracy) for e in result.exits)
     c = result.chosen
     target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
@@ -223,7 +227,7 @@ def exits_plot_data(source) -> ExitsPlotData:
         title=_title(result.cache_meta.get("arch"), result.cache_path),
         exit_names=tuple(result.exit_names),
         exit_mflops=_mflops(result.flops),
-        thresholds=_floats(result.chosen.thresholds),
+        thresholds=rule_thresholds(result.chosen.thresholds),
         val_fractions=_floats(result.chosen.val.exit_fractions),
         test_fractions=_floats(result.chosen.test.exit_fractions),
     ), getattr(result, "cost", "flops") == "ms")
@@ -248,7 +252,9 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
     ]
     for front in summary["fronts"]:
         if front["method"] != "nsga":
-            fronts.append(FrontSeries(str(front["method"]), _mflops(front["val_flops"]), _floats(front["val_accuracy"])))
+            test = ((_mflops(front["test_flops"]), _floats(front["test_accuracy"])) if front["method"] == "nsga-per-class"
+                    else ())
+            fronts.append(FrontSeries(str(front["method"]), _mflops(front["val_flops"]), _floats(front["val_accuracy"]), *test))
     exits = tuple(ExitPoint(str(e["name"]), float(e["flops"]) / 1e6, float(e["val_accuracy"]), float(e["test_accuracy"])) for e in summary["exits"])
     val, test = chosen_doc["val"], chosen_doc["test"]
     target, budget, label = _target_lines(summary["settings"]["pick"], exits[-1].val_accuracy)
@@ -278,7 +284,8 @@ def _exits_from_files(files: RunFiles) -> ExitsPlotData:
         title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
         exit_names=tuple(str(n) for n in summary["cache"]["exit_names"]),
         exit_mflops=_mflops(summary["cache"]["flops"]),
-        thresholds=_floats(chosen_doc["thresholds"]),
+        thresholds=rule_thresholds([[OFF_THRESHOLD if x is None else x for x in v] if isinstance(v, list)
+                                    else OFF_THRESHOLD if v is None else v for v in chosen_doc["thresholds"]]),
         val_fractions=_floats(chosen_doc["val"]["exit_fractions"]),
         test_fractions=_floats(chosen_doc["test"]["exit_fractions"]),
     )

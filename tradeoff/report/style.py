@@ -6,6 +6,8 @@ METHOD_LABELS = {
     "msdnet": "MSDNet budget rule",
     "random": "random search",
     "grid": "exhaustive grid",
+    "nsga-per-class": "NSGA-II per-class",
 }
-METHOD_COLORS = {"nsga": "#1f77b4", "global": "#ff7f0e", "msdnet": "#2ca02c", "random": "#9467bd", "grid": "#8c564b"}
+METHOD_COLORS = {"nsga": "#1f77b4", "global": "#ff7f0e", "msdnet": "#2ca02c", "random": "#9467bd", "grid": "#8c564b",
+                 "nsga-per-class": "#e377c2"}
 CHOSEN_COLOR = "#d62728"

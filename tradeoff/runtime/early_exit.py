@@ -36,6 +36,7 @@ from torch import nn
 
 from tradeoff.policy.confidence import exit_outputs
 from tradeoff.policy.rule import ExitRule
+from tradeoff.policy.table import fallback_predictions
 from tradeoff.runtime.compiled import compile_stages
 
 
@@ -102,29 +103,39 @@ class EarlyExitModel(nn.Module):
             )
         stages = model_stages(model)
         K = len(stages)
-        if rule.num_exits != K:
-            raise ValueError(
-                f"thresholds must hold K-1 = {K - 1} numbers for this {K}-exit model; got {rule.num_exits - 1} - "
-                "were they searched on another model?"
-            )
-        t = rule.threshold_array()
-        temps = rule.temperature_array()
-        confidence, ensemble = rule.confidence, rule.ensemble
-        self.rule = rule
         self.model = model.eval()
         self.num_exits = K
-        self.confidence = confidence
-        self.ensemble = bool(ensemble)
         # Plain lists: the modules are already registered under `self.model`.
         self._sections = [stage[0] for stage in stages]
         self._heads = [stage[1] for stage in stages]
         self.compiled = bool(compiled)
         self._eager = (self._sections, self._heads)
         self._compiled_for = None  # (sample shape, dtype, device) the graphs were traced on
-        # NumPy float64 scalars, exactly what exit_table divides by and compares with.
-        self._thresholds = list(t) + [None]
-        self._temps = temps
-        self._temps_float = [float(T) for T in temps]
+        self._set_rule(rule)
+
+    def _set_rule(self, rule: ExitRule) -> None:
+        """Take `rule`'s thresholds, measure, ensemble, temperatures and fallback."""
+        K = self.num_exits
+        if rule.num_exits != K:
+            want = K - 1 if rule.fallback == "deepest" else K
+            raise ValueError(
+                f"thresholds must hold {'K-1' if want == K - 1 else 'K'} = {want} numbers for this {K}-exit model "
+                f"(fallback {rule.fallback!r}); got {len(rule.thresholds)} - were they searched on another model?"
+            )
+        self.rule = rule
+        self.confidence = rule.confidence
+        self.ensemble = bool(rule.ensemble)
+        self.fallback = rule.fallback
+        # NumPy float64 scalars, exactly what exit_table divides by and compares with. Per
+        # exit: a float64 scalar, a (C,) per-class row, or None (the deepest under `deepest`).
+        self._thresholds = list(rule.threshold_array()) + ([None] if rule.fallback == "deepest" else [])
+        # Every exit's logits are kept while a sample is in flight when the answer or the
+        # confidence needs more than the current exit: running ensemble, patience, fallbacks.
+        self._keep_history = self.ensemble or rule.confidence == "patience" or rule.fallback != "deepest"
+        # The batch-1 fast path covers per-exit thresholds with the deepest exit answering.
+        self._simple = not (rule.per_class or rule.confidence == "patience" or rule.fallback != "deepest")
+        self._temps = rule.temperature_array()
+        self._temps_float = [float(T) for T in self._temps]
 
     def with_rule(self, rule: ExitRule) -> "EarlyExitModel":
         """The same runner (same modules, same compiled graphs) under another exit rule.
@@ -137,20 +148,15 @@ class EarlyExitModel(nn.Module):
         """
         if not isinstance(rule, ExitRule):
             raise TypeError(f"rule must be a tradeoff ExitRule; got {type(rule).__name__}")
-        if rule.num_exits != self.num_exits:
-            raise ValueError(f"rule has {rule.num_exits} exits but the model has {self.num_exits}")
         other = copy.copy(self)
         other.__dict__ = dict(self.__dict__)
-        other.rule, other.confidence, other.ensemble = rule, rule.confidence, bool(rule.ensemble)
-        other._thresholds = list(rule.threshold_array()) + [None]
-        other._temps = rule.temperature_array()
-        other._temps_float = [float(T) for T in other._temps]
+        other._set_rule(rule)
         return other
 
     @property
     def thresholds(self) -> np.ndarray:
-        """(K-1,) float64 thresholds."""
-        return np.array(self._thresholds[:-1], dtype=np.float64)
+        """(M,) float64 thresholds (per class (M, C)); `OFF_THRESHOLD` where an exit is off."""
+        return self.rule.threshold_array()
 
     @property
     def temperatures(self) -> np.ndarray:
@@ -182,14 +188,25 @@ class EarlyExitModel(nn.Module):
 
         `policy.exit_outputs` is the one definition the cache's `exit_table` uses too.
         `history` holds the (n, C) logits of exits 1..k of these samples (only the last
-        is needed without `ensemble`, since then exit k answers on its own softmax).
+        is needed without `ensemble` or `patience`, since then exit k decides on its own).
         """
-        if not self.ensemble:
+        if not self.ensemble and self.confidence != "patience":
             conf, pred = exit_outputs(history[-1][None], confidence=self.confidence, temperatures=self._temps[k : k + 1])
         else:
-            conf, pred = exit_outputs(np.stack(history), confidence=self.confidence, ensemble=True,
-                                      temperatures=self._temps[: k + 1])
+            conf, pred = exit_outputs(np.stack(history[: k + 1]), confidence=self.confidence, ensemble=self.ensemble,
+                                      temperatures=self._temps[: k + 1], total_exits=self.num_exits)
         return conf[-1], pred[-1]
+
+    def _passes(self, k: int, conf: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        """(n,) bool: exit k's confidence reaches its threshold (per class: that of the answer's class)."""
+        t = self._thresholds[k]
+        return conf >= (t[answer] if np.ndim(t) else t)
+
+    def _fallback_answers(self, history: list) -> np.ndarray:
+        """The fallback's answers for samples in flight after every exit ran (`policy.fallback_predictions`)."""
+        logits = np.stack(history)
+        conf, pred = exit_outputs(logits, confidence=self.confidence, ensemble=self.ensemble, temperatures=self._temps)
+        return fallback_predictions(logits, conf, pred, self.fallback, self._temps)
 
     def forward(self, x: torch.Tensor) -> EarlyExitOutput:
         """Early-exit predictions for a batch x (N, ...), under `torch.inference_mode()`.
@@ -205,7 +222,7 @@ class EarlyExitModel(nn.Module):
                 return self.forward(x)
         if self.compiled:
             self._use_compiled(x)
-        if x.shape[0] == 1:
+        if x.shape[0] == 1 and self._simple:
             return self._forward_one(x)
         n = x.shape[0]
         predictions = np.empty(n, dtype=np.int64)
@@ -227,13 +244,18 @@ class EarlyExitModel(nn.Module):
         still in flight, or None when none is left. `runtime.profile` times this very
         method as "the exit decision" of a batch.
         """
-        history = history + [logits.cpu().numpy()] if self.ensemble else [logits.cpu().numpy()]
+        history = history + [logits.cpu().numpy()] if self._keep_history else [logits.cpu().numpy()]
         conf, answer = self._decide(k, history)
-        if k == self.num_exits - 1:
+        last = self.num_exits - 1
+        if k == last and self._thresholds[k] is None:  # `deepest`: the last exit answers
             predictions[alive] = answer
             exits[alive] = k
             return None
-        leave = conf >= self._thresholds[k]
+        leave = self._passes(k, conf, answer)
+        if k == last:  # the last exit is thresholded: the fallback answers the rest, reported at exit K
+            predictions[alive] = np.where(leave, answer, self._fallback_answers(history))
+            exits[alive] = k
+            return None
         if leave.any():
             gone = alive[leave]
             predictions[gone] = answer[leave]

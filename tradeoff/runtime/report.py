@@ -125,8 +125,11 @@ def report_document(report: RuntimeReport, **context) -> dict:
     return doc
 
 
-def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=None, search_test: dict | None = None) -> str:
-    """Two terminal tables: where samples left, then accuracy / latency / speed-up."""
+def report_table(report: RuntimeReport, thresholds, *, exit_names=None, search_test: dict | None = None) -> str:
+    """Two terminal tables: where samples left, then accuracy / latency / speed-up.
+
+    `thresholds`: an `ExitRule`'s entries (None = off, per-class rows) or a (K-1,) array."""
+    from tradeoff.policy.rule import threshold_text
     from tradeoff.report.documents import format_table
 
     K = report.flops.size
@@ -135,7 +138,8 @@ def report_table(report: RuntimeReport, thresholds: np.ndarray, *, exit_names=No
     expected = (search_test or {}).get("exit_fractions")
     expected = expected if isinstance(expected, list) and len(expected) == K else [None] * K
     rows = [
-        (names[k], None if k == K - 1 else float(thresholds[k]), int(counts[k]), float(report.exit_fractions[k]),
+        (names[k], "-" if k >= len(thresholds) else threshold_text(thresholds[k]), int(counts[k]),
+         float(report.exit_fractions[k]),
          expected[k], report.flops[k] / 1e6)
         for k in range(K)
     ]
@@ -171,7 +175,7 @@ def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: Runt
     fall on either side.
     """
     from tradeoff.cache.format import load_cache
-    from tradeoff.policy.table import exit_indices, rule_table
+    from tradeoff.policy.table import rule_decisions
 
     test = load_cache(cache_path).select("test")
     if not np.array_equal(test.labels, labels):
@@ -179,10 +183,7 @@ def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: Runt
             f"cache {cache_path}: its test split ({test.num_samples} rows) is not the data's test split "
             f"({labels.size} rows) in the same order; pass the data the cache was built from"
         )
-    exits = exit_indices(rule_table(test.logits, test.labels, test.flops, rule), rule.threshold_array())
-    _, pred = exit_outputs(test.logits, confidence=rule.confidence, ensemble=rule.ensemble,
-                           temperatures=None if rule.temperatures is None else rule.temperature_array())
-    answers = pred[exits, np.arange(exits.size)]
+    exits, answers = rule_decisions(test.logits, rule)
     return {
         "exits": float(np.mean(exits == report.exits)),
         "predictions": float(np.mean(answers == report.predictions)),

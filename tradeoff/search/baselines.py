@@ -1,8 +1,9 @@
 """The threshold-setting practices NSGA-II is compared with, each returning a FrontResult.
 
 - `global_threshold_search`: one threshold shared by every exit, swept (SDN, SideNet).
-- `msdnet_budget_search`: MSDNet's budgeted rule, a geometric exit distribution turned
-  into thresholds by walking the exits in order on val.
+- `msdnet_budget_search`: MSDNet's budgeted rule exactly as published (floor of the
+  per-exit counts, ties, unreached counts switch the exit off), a geometric exit
+  distribution turned into thresholds by walking the exits in order on val.
 - `random_search`: uniform thresholds, the same evaluation budget as NSGA-II.
 - `grid_search`: every combination of per-exit confidence quantiles, for small K.
 
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tradeoff.errors import is_integer
+from tradeoff.policy.rule import OFF_THRESHOLD
 from tradeoff.policy.scoring import ExitTable
 from tradeoff.search.pareto import FrontResult, front_result, pareto_mask
 from tradeoff.search.scoring import Scorer, check_table, rows_per_call, score_in_chunks, scorer_for
@@ -56,11 +58,11 @@ def global_threshold_search(
         levels: an int L sweeps the union of L evenly spaced values in [0, 1] and L
             quantiles of the pooled confidences of exits 1..K-1 (where the action is);
             or a 1-D array of explicit thresholds in [0, 1].
-        scorer: callable (P, K-1) thresholds -> Scores; default the policy's fastest.
+        scorer: callable (P, M) thresholds -> Scores; default the policy's fastest.
     """
     check_table(table)
     start = time.perf_counter()
-    dim = table.num_exits - 1
+    dim = table.num_thresholds
     if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool):
         count = _count("levels", levels, 2)
         grid = np.linspace(0.0, 1.0, count)
@@ -79,9 +81,9 @@ def global_threshold_search(
 
 
 def _descending_orders(table: ExitTable) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per exit k < K: (sample order by falling confidence, the confidences in that order)."""
+    """Per thresholded exit k: (sample order by falling confidence, the confidences in that order)."""
     out = []
-    for k in range(table.num_exits - 1):
+    for k in range(table.num_thresholds):
         order = np.argsort(-table.confidence[k], kind="stable")
         out.append((order, table.confidence[k][order]))
     return out
@@ -90,28 +92,40 @@ def _descending_orders(table: ExitTable) -> list[tuple[np.ndarray, np.ndarray]]:
 def msdnet_thresholds(
     table: ExitTable, p: float, *, ranked: list[tuple[np.ndarray, np.ndarray]] | None = None
 ) -> np.ndarray:
-    """MSDNet's thresholds (K-1,) for the geometric exit distribution q_k ∝ p^k, k = 1..K.
+    """MSDNet's thresholds for the geometric exit distribution q_k ∝ p^k, k = 1..K, as published.
 
-    Walking the exits in order, exit k takes the round(N * q_k) most confident of the
-    samples still present: its threshold is the confidence of the last one taken, so
-    every remaining sample at or above it leaves (ties may take a few more). When none
-    should leave, the threshold is 1.0. `ranked` (from `_descending_orders`) lets a sweep
-    sort each exit once: the want-th present sample is then found with one cumulative
-    count, O(N) per exit instead of a sort.
+    Source: Huang et al., "Multi-Scale Dense Networks for Resource Efficient Image
+    Classification", ICLR 2018; the rule of its code's `dynamic_eval_find_threshold`:
+    exit k (k < K) is meant to take out_n = floor(N * q_k) samples (rounded down). Walk
+    the samples by falling confidence, counting only those no earlier exit took; when the
+    count reaches out_n, T_k is that sample's confidence. Then every sample not yet gone
+    whose confidence is >= T_k leaves (ties let more leave than planned, as in the code).
+    When out_n is 0 or the count never reaches it, nobody leaves (T_k = +inf: the exit is
+    off, `OFF_THRESHOLD`). The last exit takes everyone left (under the ensemble /
+    most-confident fallbacks its threshold is 0).
+
+    `ranked` (from `_descending_orders`) lets a sweep sort each exit once: the out_n-th
+    present sample is then found with one cumulative count, O(N) per exit.
+
+    Returns:
+        (M,) float64 thresholds, `OFF_THRESHOLD` for an exit nobody leaves at.
     """
     K, N = table.confidence.shape
+    M = table.num_thresholds
     ranked = _descending_orders(table) if ranked is None else ranked
     q = np.exp(np.log(p) * np.arange(1, K + 1))
     q /= q.sum()
     present = np.ones(N, dtype=bool)
-    out = np.ones(K - 1)
+    out = np.full(M, OFF_THRESHOLD)
+    if M == K:
+        out[K - 1] = 0.0  # the last exit accepts all
     for k in range(K - 1):
-        want = int(round(N * q[k]))
+        want = math.floor(N * q[k])
         order, confidences = ranked[k]
         taken = np.cumsum(present[order], dtype=np.int64)
-        if want <= 0 or taken[-1] == 0:
+        if want <= 0 or taken[-1] < want:
             continue
-        out[k] = confidences[np.searchsorted(taken, min(want, taken[-1]))]
+        out[k] = confidences[np.searchsorted(taken, want)]
         present &= table.confidence[k] < out[k]
     return out
 
@@ -126,7 +140,7 @@ def msdnet_budget_search(
         p_values: ratios p > 0 of the exit distribution q_k ∝ p^k; small p sends most
             samples out early, large p to the deepest exit. Default: 241 values
             geometrically spaced over [0.02, 50] (MSDNet itself used 0.05 .. 1.95).
-        scorer: callable (P, K-1) thresholds -> Scores; default the policy's fastest.
+        scorer: callable (P, M) thresholds -> Scores; default the policy's fastest.
     """
     check_table(table)
     start = time.perf_counter()
@@ -147,7 +161,7 @@ def random_search(
     if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     start = time.perf_counter()
-    thresholds = np.random.default_rng(seed).random((evaluations, table.num_exits - 1))
+    thresholds = np.random.default_rng(seed).random((evaluations, table.num_thresholds))
     return _finish(table, scorer_for(table, scorer), thresholds, start, "random", seed=int(seed))
 
 
@@ -155,13 +169,15 @@ def grid_levels(table: ExitTable, points_per_exit: int) -> list[np.ndarray]:
     """Per exit k < K: distinct val-confidence quantiles at points_per_exit - 1 even levels, plus 1.0.
 
     Quantiles are taken with method "higher", so each value is a confidence some sample
-    has; 1.0 stands for "(almost) nobody leaves here".
+    has; 1.0 stands for "(almost) nobody leaves here", and where some confidence reaches
+    1.0 exactly, `OFF_THRESHOLD` (the exit switched off) is added too.
     """
     levels = np.linspace(0.0, 1.0, points_per_exit - 1)
-    return [
-        np.unique(np.append(np.quantile(table.confidence[k], levels, method="higher"), 1.0))
-        for k in range(table.num_exits - 1)
-    ]
+    out = []
+    for k in range(table.num_thresholds):
+        values = np.unique(np.append(np.quantile(table.confidence[k], levels, method="higher"), 1.0))
+        out.append(np.append(values, OFF_THRESHOLD) if (table.confidence[k] >= 1.0).any() else values)
+    return out
 
 
 def grid_search(
@@ -173,13 +189,13 @@ def grid_search(
         table: the val split's ExitTable, with K - 1 <= 4 thresholds.
         points_per_exit: values per exit (see `grid_levels`); default by K - 1:
             1001, 256, 40, 16 for 1, 2, 3, 4 thresholds. At most 2,000,000 vectors.
-        scorer: callable (P, K-1) thresholds -> Scores; default the policy's fastest.
+        scorer: callable (P, M) thresholds -> Scores; default the policy's fastest.
 
     Raises:
         ValueError: more than 4 thresholds or more than 2,000,000 grid points.
     """
     check_table(table)
-    dim = table.num_exits - 1
+    dim = table.num_thresholds
     if dim > GRID_MAX_THRESHOLDS:
         raise ValueError(
             f"grid_search covers at most {GRID_MAX_THRESHOLDS} thresholds (K <= {GRID_MAX_THRESHOLDS + 1} exits); "

@@ -1,7 +1,24 @@
 """NSGA-II search for per-exit thresholds with DEAP, scored one population per call.
 
-Genes are the thresholds t_1..t_{K-1} in [0, 1]; objectives are val accuracy (up) and
-val mean cost (down), DEAP weights (1.0, -1.0). Parents by DEAP's dominance/crowding
+Genes are the thresholds t_1..t_M in [0, 1] (M = K-1 under the `deepest` fallback, K
+under `ensemble` / `most-confident`); objectives are val accuracy (up) and val mean cost
+(down), DEAP weights (1.0, -1.0).
+
+Switching an exit off. A gene at its upper bound 1.0 switches its exit off
+(`OFF_THRESHOLD`: nobody leaves, even at confidence exactly 1.0) wherever that differs
+from the threshold 1.0, i.e. where some val confidence of that exit reaches 1.0 (a
+softmax saturates at exactly 1.0 once a logit margin passes ~37 in float64); elsewhere the
+two are the same rule and 1.0 is kept. The all-ones starting point and every gene that
+variation clips to the bound therefore reach "off", so a confidently wrong shallow exit
+can be closed.
+
+Per-class thresholds (`per_class=True`): one threshold per (exit, class the exit
+predicts), a (M, C) table. Genes are M shared thresholds s_k plus M * C class genes g_kc;
+the table is t_kc = s_k + w_kc (g_kc - s_k) with w_kc = n_kc / (n_kc + tau), n_kc the val
+samples exit k predicts as class c: a class seen rarely on val is shrunk toward its
+exit's shared threshold (empirical-Bayes style shrinkage, `tau` = `PER_CLASS_SHRINKAGE`
+samples), so 100 classes do not overfit a 5,000-sample val split. The starting
+population holds the per-exit starting points (g = s). Parents by DEAP's dominance/crowding
 tournament rule; survivors by DEAP's `selNSGA2` with its `nd="log"` non-dominated sort
 (Fortin et al.'s sweep: the same fronts as the standard O(M N^2) sort, ~25x faster at
 200 individuals).
@@ -45,12 +62,59 @@ import numpy as np
 from deap import base, tools
 
 from tradeoff.errors import is_integer
+from tradeoff.policy.rule import OFF_THRESHOLD
 from tradeoff.policy.scoring import ExitTable
 from tradeoff.search.pareto import FrontResult, front_result
 from tradeoff.search.scoring import Scorer, check_table, scorer_for
 
 # Per-exit quantile levels of val confidence used as informed starting points.
 _SEED_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.98)
+# tau of the per-class shrinkage: a class predicted tau times at an exit gets half its own threshold.
+PER_CLASS_SHRINKAGE = 50.0
+
+
+class GeneDecoder:
+    """Genes (P, D) in [0, 1] -> the thresholds the scorer takes: (P, M), or (P, M, C) per class.
+
+    See the module docstring (switching off; per-class shrinkage). Built once per search
+    from the val table.
+    """
+
+    def __init__(self, table: ExitTable, *, per_class: bool = False, tau: float = PER_CLASS_SHRINKAGE):
+        M = table.num_thresholds
+        conf = table.confidence[:M]
+        self.num_thresholds = M
+        self.per_class = bool(per_class)
+        if not self.per_class:
+            self.dim = M
+            self.saturated = (conf >= 1.0).any(axis=1)  # (M,)
+            return
+        if table.predicted is None:
+            raise ValueError("per-class search needs a table that kept predictions: exit_table(..., keep_predictions=True)")
+        C = int(table.predicted.max()) + 1 if table.predicted.size else 1
+        self.num_classes = C
+        counts = np.stack([np.bincount(table.predicted[k], minlength=C) for k in range(M)]).astype(np.float64)
+        self.weight = counts / (counts + float(tau))  # (M, C)
+        sat = np.zeros((M, C), dtype=bool)
+        for k in range(M):
+            sat[k] = np.bincount(table.predicted[k], weights=(conf[k] >= 1.0), minlength=C) > 0
+        self.saturated = sat
+        self.dim = M * (C + 1)
+
+    def __call__(self, genes: np.ndarray) -> np.ndarray:
+        M = self.num_thresholds
+        if not self.per_class:
+            return np.where((genes >= 1.0) & self.saturated, OFF_THRESHOLD, genes)
+        shared = genes[:, :M, None]  # (P, M, 1)
+        own = genes[:, M:].reshape(-1, M, self.num_classes)
+        t = shared + self.weight * (own - shared)
+        return np.where((t >= 1.0) & self.saturated, OFF_THRESHOLD, np.minimum(t, 1.0))
+
+    def seed_genes(self, per_exit: np.ndarray) -> np.ndarray:
+        """Per-exit genes (P, M) as genes of this space (class genes = the shared ones)."""
+        if not self.per_class:
+            return per_exit
+        return np.concatenate([per_exit, np.repeat(per_exit, self.num_classes, axis=1)], axis=1)
 
 # SBX's two children are x1 + x2 -/+ beta_q * (x2 - x1), halved: the sign of each row.
 _SBX_SIDES = np.array([[-1.0], [1.0]])
@@ -85,34 +149,43 @@ class _Individual:
         fitness.wvalues = (accuracy, -flops)  # = values * weights, exactly
 
 
-def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator) -> np.ndarray:
-    """(pop, K-1) starting points: informed ones first, the rest uniform in [0, 1].
+def _initial_thresholds(table: ExitTable, pop: int, rng: np.random.Generator,
+                        decoder: GeneDecoder | None = None) -> np.ndarray:
+    """(pop, D) starting genes: informed ones first, the rest uniform in [0, 1].
 
-    Informed: all ones (nearly everyone goes to the deepest exit), all zeros (everyone
-    leaves at exit 1), and for a few levels q the per-exit val-confidence q-quantiles.
+    Informed: all ones (nearly everyone goes to the deepest exit; saturated exits off),
+    all zeros (everyone leaves at exit 1), and for a few levels q the per-exit
+    val-confidence q-quantiles (per class: the same, every class at its exit's value).
+    When the last exit is thresholded too (ensemble / most-confident fallbacks), also the
+    same points with the last threshold 0, i.e. the `deepest` rule's points.
     """
-    dim = table.num_exits - 1
+    decoder = GeneDecoder(table) if decoder is None else decoder
+    dim = decoder.num_thresholds
     informed = [np.ones(dim), np.zeros(dim)]
     informed += list(np.quantile(table.confidence[:dim], _SEED_QUANTILES, axis=1))
-    informed = np.asarray(informed[:pop], dtype=np.float64)
-    uniform = rng.random((pop - informed.shape[0], dim))
+    if dim == table.num_exits:  # every exit thresholded: the same points with the last exit taking all
+        informed += [np.append(row[:-1], 0.0) for row in (informed[0], *informed[2:])]
+    informed = decoder.seed_genes(np.asarray(informed, dtype=np.float64))[:pop]
+    uniform = rng.random((pop - informed.shape[0], decoder.dim))
     return np.clip(np.concatenate([informed, uniform]), 0.0, 1.0)
 
 
-def _evaluate(thresholds: np.ndarray, scorer: Scorer, archive: "_Archive", store: np.ndarray, first: int) -> list:
-    """Score (P, K-1) `thresholds` in ONE scorer call and feed the archive.
+def _evaluate(genes: np.ndarray, scorer: Scorer, archive: "_Archive", store: np.ndarray, first: int,
+              decoder: GeneDecoder) -> list:
+    """Score (P, D) `genes` (decoded to thresholds) in ONE scorer call and feed the archive.
 
     Returns:
         P individuals, their genes kept in rows first..first+P-1 of `store`.
     """
-    if thresholds.shape[0] == 0:
+    if genes.shape[0] == 0:
         return []
+    thresholds = decoder(genes)
     scores = scorer(thresholds)
     accuracy = np.asarray(scores.accuracy, dtype=np.float64)
     flops = np.asarray(scores.flops, dtype=np.float64)
     archive.add(thresholds, accuracy, flops)
-    rows = range(first, first + thresholds.shape[0])
-    store[rows.start : rows.stop] = thresholds
+    rows = range(first, first + genes.shape[0])
+    store[rows.start : rows.stop] = genes
     return [_Individual(*row) for row in zip(rows, accuracy.tolist(), flops.tolist())]
 
 
@@ -124,8 +197,8 @@ class _Archive:
     screened against the archive (one `searchsorted`) before any merge.
     """
 
-    def __init__(self, dim: int):
-        self.thresholds = np.empty((0, dim))
+    def __init__(self, shape: tuple):
+        self.thresholds = np.empty((0, *shape))
         self.accuracy = np.empty(0)
         self.error = np.empty(0)
         self.flops = np.empty(0)
@@ -333,8 +406,9 @@ def nsga2_search(
     mut_eta: float = 20.0,
     cxpb: float = 0.9,
     indpb: float | None = None,
+    per_class: bool = False,
 ) -> FrontResult:
-    """NSGA-II over per-exit thresholds on one split's ExitTable (normally val).
+    """NSGA-II over per-exit (or per-class) thresholds on one split's ExitTable (normally val).
 
     Args:
         table: the val split's ExitTable (K >= 2 exits).
@@ -346,10 +420,13 @@ def nsga2_search(
         cx_eta: SBX distribution index (larger = children nearer their parents).
         mut_eta: polynomial-mutation distribution index.
         cxpb: probability that a parent pair is crossed.
-        indpb: per-threshold mutation probability; default 1 / (K-1).
+        indpb: per-gene mutation probability; default 1 / (number of genes).
+        per_class: search a (M, C) table per exit and predicted class (the table must
+            have kept predictions); see the module docstring for the shrinkage.
 
     Returns:
-        FrontResult (method "nsga") of the non-dominated archive; `evaluations` counts
+        FrontResult (method "nsga") of the non-dominated archive, thresholds (F, M) or,
+        per class, (F, M, C), `OFF_THRESHOLD` where an exit (or class) is off; `evaluations` counts
         the vectors actually scored, `seconds` the wall time of the whole search.
 
     Raises:
@@ -359,7 +436,8 @@ def nsga2_search(
     _check_options(pop, gens, seed, cx_eta, mut_eta, cxpb, indpb)
     start = time.perf_counter()
     score = scorer_for(table, scorer)
-    dim = table.num_exits - 1
+    decoder = GeneDecoder(table, per_class=per_class)
+    dim = decoder.dim
     toolbox = base.Toolbox()
     toolbox.register("mate", sbx_bounded, eta=float(cx_eta), low=0.0, up=1.0)
     toolbox.register(
@@ -369,14 +447,14 @@ def nsga2_search(
     toolbox.register("select", tools.selNSGA2, nd="log")
     store = np.empty((pop * (gens + 1), dim))  # genes of every vector scored, by row
     toolbox.register("parents", _select_parents, store=store)
-    archive = _Archive(dim)
+    archive = _Archive((decoder.num_thresholds, decoder.num_classes) if per_class else (dim,))
     rng = np.random.default_rng(seed)
-    population = _evaluate(_initial_thresholds(table, pop, rng), score, archive, store, 0)
+    population = _evaluate(_initial_thresholds(table, pop, rng, decoder), score, archive, store, 0, decoder)
     evaluations = len(population)
     population = toolbox.select(population, pop)  # assigns crowding distances
     for _ in range(gens):
         children = _vary(toolbox, toolbox.parents(population, pop, rng), cxpb, rng)
-        offspring = _evaluate(children, score, archive, store, evaluations)
+        offspring = _evaluate(children, score, archive, store, evaluations, decoder)
         evaluations += len(offspring)
         population = toolbox.select(population + offspring, pop)
     return front_result(

@@ -26,10 +26,11 @@ import numpy as np
 from tradeoff.cache.format import ExitCache
 from tradeoff.errors import is_integer
 from tradeoff.fileio import sha256_file
-from tradeoff.policy.rule import ExitRule
+from tradeoff.policy.rule import FALLBACKS, ExitRule, rule_thresholds
 from tradeoff.policy.scoring import CONFIDENCE_MEASURES, ExitTable, Scores, exit_indices, exit_table
 
 METHODS = ("nsga", "global", "msdnet", "random", "grid")
+PER_CLASS_METHOD = "nsga-per-class"  # the per-class NSGA-II front, searched beside the per-exit one with --per-class
 BOOTSTRAP_RESAMPLES = 2000
 PICK_KINDS = ("target_acc", "max_drop", "budget_flops", "budget_ms")
 
@@ -130,6 +131,8 @@ class SearchSettings:
     confidence: str = "maxprob"
     ensemble: bool = False
     calibrate: bool = False
+    fallback: str = "deepest"
+    per_class: bool = False
     pop: int = 100
     gens: int = 100
     seed: int = 0
@@ -204,7 +207,8 @@ class ChosenPoint:
     Attributes:
         method: the front it was picked from.
         index: its row in that front (sorted by val cost).
-        thresholds: (K-1,) per-exit thresholds.
+        thresholds: (M,) thresholds (M = K-1 under the deepest fallback, else K;
+            `OFF_THRESHOLD` where an exit is off), or per class M rows of C.
         val, test: its figures on each split.
         test_accuracy_ci95: 95% percentile bootstrap interval of the test accuracy.
     """
@@ -262,12 +266,13 @@ class SearchResult:
     guarantee: object | None = None
     cost: str = "flops"
     latency: dict | None = None
+    per_class_comparison: dict | None = None
 
     @property
     def rule(self) -> ExitRule:
         """The chosen point as one `ExitRule`: what `write_rule`, `EarlyExitModel` and `score_rule` take."""
-        return ExitRule(self.chosen.thresholds, confidence=self.settings.confidence, ensemble=self.settings.ensemble,
-                        temperatures=self.temperatures)
+        return ExitRule(rule_thresholds(self.chosen.thresholds), confidence=self.settings.confidence,
+                        ensemble=self.settings.ensemble, temperatures=self.temperatures, fallback=self.settings.fallback)
 
     @property
     def num_exits(self) -> int:
@@ -316,6 +321,13 @@ def validate_settings(cache: ExitCache, settings: SearchSettings) -> None:
         )
     if settings.confidence not in CONFIDENCE_MEASURES:
         raise ValueError(f"--confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {settings.confidence!r}")
+    if settings.fallback not in FALLBACKS:
+        raise ValueError(f"--fallback must be one of {', '.join(FALLBACKS)}; got {settings.fallback!r}")
+    if settings.confidence == "patience" and settings.calibrate:
+        raise ValueError("--confidence patience cannot be combined with --calibrate: patience counts equal argmaxes, "
+                         "which temperatures do not change - drop --calibrate")
+    if settings.per_class and settings.method != "nsga":
+        raise ValueError(f"--per-class is searched by NSGA-II only; drop --method {settings.method} (or --per-class)")
     _check_int("pop", settings.pop, 4, "NSGA-II needs a population of at least 4")
     _check_int("gens", settings.gens, 1, "at least one generation")
     _check_int("restarts", settings.restarts, 1, "the number of independent searches")
@@ -362,6 +374,8 @@ def run_search(
     confidence: str = "maxprob",
     ensemble: bool = False,
     calibrate: bool = False,
+    fallback: str = "deepest",
+    per_class: bool = False,
     pop: int = 100,
     gens: int = 100,
     seed: int = 0,
@@ -383,6 +397,11 @@ def run_search(
         method: the front the pick is made on; every method is run either way.
         confidence, ensemble: the exit rule (DESIGN.md).
         calibrate: fit per-exit temperatures on val (applied to val and test).
+        fallback: who answers a sample no exit accepted ("deepest", "ensemble",
+            "most-confident"; `ExitRule`).
+        per_class: also search a (M, C) threshold table per exit and predicted class
+            (front "nsga-per-class", picked from); the per-exit front stays beside it and
+            `per_class_comparison` holds the paired test bootstrap of the two picks.
         pop, gens, seed, restarts, jobs: NSGA-II settings (random search gets the same
             number of evaluations and the same seed).
         bootstrap: resamples of the test rows for the 95% interval.
@@ -414,6 +433,8 @@ def run_search(
         confidence=confidence,
         ensemble=bool(ensemble),
         calibrate=bool(calibrate),
+        fallback=fallback,
+        per_class=bool(per_class),
         pop=pop,
         gens=gens,
         seed=seed,
@@ -445,9 +466,10 @@ def run_search(
         timings["calibrate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    val_table, test_table = _split_tables(cache, confidence=confidence, ensemble=bool(ensemble), temperatures=temperatures)
+    val_table, test_table = _split_tables(cache, confidence=confidence, ensemble=bool(ensemble), temperatures=temperatures,
+                                          fallback=fallback, keep_predictions=bool(per_class))
     if val_split is not None:
-        val_table, cal_table = (_columns(val_table, val_split.search), _columns(val_table, val_split.calibration))
+        val_table, cal_table = val_table.columns(val_split.search), val_table.columns(val_split.calibration)
     timings["table"] = time.perf_counter() - t0
 
     from tradeoff.search.scoring import scorer_for
@@ -487,7 +509,7 @@ def run_search(
         for k, name in enumerate(cache.exit_names)
     )
 
-    front = next(f for f in fronts if f.method == settings.method)
+    front = next(f for f in fronts if f.method == (PER_CLASS_METHOD if settings.per_class else settings.method))
     certification = None
     if val_split is None:
         index = _pick(front, settings.pick, exits[-1].val_accuracy, baseline, unit="ms" if cost == "latency" else "flops")
@@ -498,10 +520,15 @@ def run_search(
         timings["certify"] = time.perf_counter() - t0
     thresholds = front.thresholds[index]
     test_correct = _correct_at(test_table, thresholds)
+    comparison = None
+    if settings.per_class:
+        other = next(f for f in fronts if f.method == "nsga")
+        comparison = _paired_comparison(test_table, other, _pick(other, settings.pick, exits[-1].val_accuracy, baseline),
+                                        front, index, resamples=bootstrap, seed=seed)
     chosen = ChosenPoint(
         method=front.method,
         index=index,
-        thresholds=tuple(float(t) for t in thresholds),
+        thresholds=tuple(tuple(float(x) for x in t) if np.ndim(t) else float(t) for t in thresholds),
         val=_figures(front.val, index, baseline, flops),
         test=_figures(front.test, index, baseline, flops),
         test_accuracy_ci95=bootstrap_accuracy_ci(test_correct, resamples=bootstrap, seed=seed),
@@ -533,6 +560,7 @@ def run_search(
         guarantee=certification,
         cost="ms" if cost == "latency" else "flops",
         latency=latency,
+        per_class_comparison=comparison,
     )
 
 
@@ -551,10 +579,6 @@ def _guarantee_split(num_val: int, settings: SearchSettings):
             f"({split.sizes['search']} / {split.sizes['calibration']}){need} - give more val data"
         )
     return split
-
-
-def _columns(table: ExitTable, columns: np.ndarray) -> ExitTable:
-    return ExitTable(np.ascontiguousarray(table.confidence[:, columns]), np.ascontiguousarray(table.correct[:, columns]), table.flops)
 
 
 def _certify(front: MethodFront, cal_table: ExitTable, pick: Pick, delta: float, val_split):
@@ -623,11 +647,7 @@ def _split_tables(cache: ExitCache, **rule) -> tuple[ExitTable, ExitTable]:
     else:
         logits, labels, split_kept = cache.logits[:, keep], cache.labels[keep], split[keep]
     table = exit_table(logits, labels, cache.flops, **rule)
-    tables = []
-    for name in ("val", "test"):
-        mask = split_kept == name
-        tables.append(ExitTable(np.ascontiguousarray(table.confidence[:, mask]), np.ascontiguousarray(table.correct[:, mask]), table.flops))
-    return tables[0], tables[1]
+    return table.columns(np.flatnonzero(split_kept == "val")), table.columns(np.flatnonzero(split_kept == "test"))
 
 
 def _run_methods(table, settings: SearchSettings, timings: dict, scorer) -> list[tuple[str, object]]:
@@ -654,8 +674,11 @@ def _run_methods(table, settings: SearchSettings, timings: dict, scorer) -> list
         # Random search gets exactly NSGA-II's budget, so it runs after it.
         ("random", lambda: baselines.random_search(table, out[0][1].evaluations, settings.seed, scorer=scorer)),
     ]
-    if table.num_exits - 1 <= baselines.GRID_IN_SEARCH_MAX_THRESHOLDS:
+    if table.num_thresholds <= baselines.GRID_IN_SEARCH_MAX_THRESHOLDS:
         runs.append(("grid", lambda: baselines.grid_search(table, scorer=scorer)))
+    if settings.per_class:
+        runs.insert(1, (PER_CLASS_METHOD, lambda: nsga.nsga2_search(
+            table, pop=settings.pop, gens=settings.gens, seed=settings.seed, scorer=scorer, per_class=True)))
     out: list[tuple[str, object]] = []
     bar = tqdm(runs, desc="search", unit="method", disable=None, leave=False, file=sys.stderr)
     for name, run in bar:
@@ -673,10 +696,12 @@ def _scored_front(method: str, front, score_val, score_test, reference) -> Metho
     thresholds = np.asarray(front.thresholds, dtype=np.float64)
     val = score_val(thresholds)
     # Deterministic order: val cost, then higher accuracy, then the thresholds themselves.
-    keys = [thresholds[:, j] for j in range(thresholds.shape[1] - 1, -1, -1)] + [-val.accuracy, val.flops]
+    flat = thresholds.reshape(thresholds.shape[0], -1)
+    keys = [flat[:, j] for j in range(flat.shape[1] - 1, -1, -1)] + [-val.accuracy, val.flops]
     order = np.lexsort(keys)
     thresholds = np.ascontiguousarray(thresholds[order])
-    val = Scores(val.accuracy[order], val.flops[order], val.exit_fractions[order])
+    val = Scores(val.accuracy[order], val.flops[order], val.exit_fractions[order],
+                 None if val.fallback_fractions is None else val.fallback_fractions[order])
     test = score_test(thresholds)
     hv = pareto.hypervolume_2d(1.0 - val.accuracy, val.flops, reference=reference)
     return MethodFront(
@@ -723,9 +748,56 @@ def _figures(scores: Scores, i: int, baseline: float, flops: np.ndarray) -> Poin
 
 
 def _correct_at(table, thresholds: np.ndarray) -> np.ndarray:
-    """(N,) bool: whether each sample is answered correctly under one threshold vector."""
-    leave = exit_indices(table, thresholds)
-    return table.correct[leave, np.arange(table.num_samples)]
+    """(N,) bool: whether each sample is answered correctly under one threshold vector (or table)."""
+    leave, by_fallback = exit_indices(table, thresholds, with_fallback=True)
+    correct = table.correct[leave, np.arange(table.num_samples)]
+    if table.fallback_correct is not None:
+        correct[by_fallback] = table.fallback_correct[by_fallback]
+    return correct
+
+
+def _cost_at(table, thresholds: np.ndarray) -> np.ndarray:
+    """(N,) float64: what each sample pays under one threshold vector (or table)."""
+    return table.flops[exit_indices(table, thresholds)]
+
+
+def _paired_comparison(table, base: MethodFront, i: int, other: MethodFront, j: int, *, resamples: int, seed: int) -> dict:
+    """Per-class pick (other[j]) minus per-exit pick (base[i]) on test, with a paired percentile
+    bootstrap over the test samples (both rules on the same resampled samples): accuracy gain and
+    cost saving, each with its 95% interval. "wins" needs the accuracy gain's interval above 0
+    at no extra cost, or the saving's interval above 0 at no accuracy loss."""
+    a_ok, b_ok = _correct_at(table, base.thresholds[i]), _correct_at(table, other.thresholds[j])
+    a_cost, b_cost = _cost_at(table, base.thresholds[i]), _cost_at(table, other.thresholds[j])
+    n = a_ok.size
+    rng = np.random.default_rng(seed)
+    gain = np.empty(resamples)
+    saving = np.empty(resamples)
+    for r in range(resamples):
+        idx = rng.integers(0, n, n)
+        gain[r] = (b_ok[idx].mean() - a_ok[idx].mean())
+        saving[r] = (a_cost[idx].mean() - b_cost[idx].mean())
+    acc_ci = tuple(float(v) for v in np.quantile(gain, [0.025, 0.975]))
+    cost_ci = tuple(float(v) for v in np.quantile(saving, [0.025, 0.975]))
+    acc_gain, cost_saving = float(b_ok.mean() - a_ok.mean()), float(a_cost.mean() - b_cost.mean())
+    wins = (acc_ci[0] > 0 and cost_saving >= 0) or (cost_ci[0] > 0 and acc_gain >= 0)
+    return {
+        "per_exit": {"index": int(i), "test_accuracy": float(a_ok.mean()), "test_flops": float(a_cost.mean()),
+                     "val_accuracy": float(base.val.accuracy[i]), "val_flops": float(base.val.flops[i])},
+        "per_class": {"index": int(j), "test_accuracy": float(b_ok.mean()), "test_flops": float(b_cost.mean()),
+                      "val_accuracy": float(other.val.accuracy[j]), "val_flops": float(other.val.flops[j])},
+        "test_accuracy_gain": acc_gain, "test_accuracy_gain_ci95": acc_ci,
+        "test_flops_saving": cost_saving, "test_flops_saving_ci95": cost_ci,
+        "test_hypervolume": {"per_exit": _test_hv(base, table.flops), "per_class": _test_hv(other, table.flops)},
+        "per_class_wins": bool(wins),
+        "resamples": int(resamples),
+    }
+
+
+def _test_hv(front: MethodFront, flops: np.ndarray) -> float:
+    """Hypervolume of a front's test points, with the same reference as the val ones."""
+    from tradeoff.search import pareto
+
+    return float(pareto.hypervolume_2d(1.0 - front.test.accuracy, front.test.flops, reference=pareto.reference_point(flops)))
 
 
 def bootstrap_accuracy_ci(
