@@ -49,6 +49,7 @@ def run(args) -> int:
 
 def _cache(args, ctx, device) -> int:
     from tradeoff.cache.build import cache_checkpoint
+    from tradeoff.cache.format import uncounted_ops_note
     from tradeoff.cache.importer import exit_summary_table
 
     main = ctx is None or ctx.is_main
@@ -62,6 +63,10 @@ def _cache(args, ctx, device) -> int:
     if not main:
         return 0
     cache, out = outcome.cache, outcome.path
+    note = uncounted_ops_note(cache.meta)
+    if note:
+        print(f"warning: {note}; every cost and speed-up from this cache is a lower bound - "
+              "give those ops a handle in tradeoff/flops.py (EXTRA_OP_HANDLES)", file=sys.stderr)
     if outcome.reused:
         print(f"reusing {out}: it already holds this checkpoint's logits on {outcome.data_name} "
               "(same sha256, data fingerprint and dtype); delete it to recompute")
