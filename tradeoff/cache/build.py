@@ -320,6 +320,9 @@ def cache_checkpoint(
     main = ctx is None or ctx.is_main
     with shard.step(ctx, run_on):
         loaded = load_checkpoint(ckpt, arch=arch, num_classes=num_classes, trust=trust, map_location="cpu")
+        if loaded.stripped_prefix and main:
+            log(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {ckpt} carries "
+                "(a training wrapper's); without it every key fits the model")
         spec = data or loaded.data or "digits"
         splits = ("train", "val", "test") if include_train else ("val", "test")
         dataset = load_data(spec, splits=splits)

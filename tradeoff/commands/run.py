@@ -48,6 +48,8 @@ def run(args) -> int:
         raise ValueError(f"--threads must be >= 1; got {args.threads}")
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
+    if loaded.stripped_prefix:
+        print(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {args.ckpt} carries")
     K = len(model_stages(loaded.model))
     cache_sha = None
     if args.cache:
