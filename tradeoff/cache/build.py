@@ -341,6 +341,7 @@ def cache_checkpoint(
             # One sample first: a model that does not fit the data fails here, in data
             # terms, before fvcore traces it.
             predict_exits(loaded.model, dataset, rows=(0, 1), batch_size=1, device=run_on, progress=False)
+            check_model_contract(loaded.model, dataset, device=run_on)
     world = 1 if ctx is None else ctx.world_size
     if existing is not None:
         return CacheOutcome(path, existing, reused=True, seconds=0.0, world_size=world, data_name=dataset.name)
@@ -382,6 +383,28 @@ def cache_checkpoint(
             cache = assemble_cache(logits, dataset, costs, model=model, meta=meta)
             write_cache(path, cache)
     return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=world, data_name=dataset.name)
+
+
+def check_model_contract(model, dataset, *, device: str = "cpu", rows: int = 8) -> None:
+    """`forward()` and `stages()` must give the same exits in the same order, on real samples.
+
+    Checked before anything is written (`tradeoff.models.contract.check_contract`); a model
+    without `stages()` is left to the cost counter, which says what it needs.
+
+    Raises:
+        ValueError: naming the mismatch (e.g. "forward() returns exit 1 where stages() gives exit 3").
+    """
+    from tradeoff.models.contract import check_contract
+
+    if not callable(getattr(model, "stages", None)):
+        return
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.float32
+    probe = torch.from_numpy(np.ascontiguousarray(dataset.x[:rows])).to(device, dtype)
+    try:
+        check_contract(model.to(device), probe)
+    except NotImplementedError:
+        return
 
 
 def splits_present(dataset) -> set[str]:

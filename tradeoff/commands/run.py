@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -29,11 +30,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
+    from tradeoff.cache.build import check_model_contract
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
     from tradeoff.fileio import sha256_file, write_json_atomic
     from tradeoff.flops import exit_costs
     from tradeoff.policy.rule import read_rule
+    from tradeoff.runtime.agreement import unexplained_disagreements
     from tradeoff.runtime.early_exit import (
         EarlyExitModel, cache_agreement, evaluate_runtime, model_stages, report_document, report_table,
     )
@@ -64,12 +67,14 @@ def run(args) -> int:
             f"--data {spec} has labels up to {int(data.y.max())} but the model has {loaded.num_classes} classes; "
             "pass the data the model was trained for"
         )
+    check_model_contract(loaded.model, data)
     costs = exit_costs(loaded.model, data.input_shape)
     compiled = bool(getattr(args, "compiled", False))
     runner = EarlyExitModel(loaded.model, tf.rule, compiled=compiled)
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
                               batch_size=args.batch_size, repeats=args.repeats, progress=True)
     agreement = cache_agreement(args.cache, tf.rule, data.y, report) if args.cache else None
+    disagreement = unexplained_disagreements(args.cache, tf.rule, report) if args.cache else None
     out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
     doc = report_document(
         report,
@@ -89,6 +94,7 @@ def run(args) -> int:
         data_fingerprint=data.fingerprint,
         search_test=tf.test,
         cache_agreement=agreement,
+        cache_disagreements=disagreement,
         torch_version=torch.__version__,
     )
     write_json_atomic(out, doc)
@@ -97,4 +103,10 @@ def run(args) -> int:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers")
     print(f"\nwrote {out}")
+    if disagreement is not None and disagreement["unexplained"]:
+        print(f"tradeoff run: error: {disagreement['unexplained']} of {report.exits.size} test samples (first: test row "
+              f"{disagreement['first_unexplained']}) left at another exit or got another answer than the cache's rule "
+              "says, and not by float rounding at a threshold; this model or its exits are not those of --cache "
+              "(rebuild the cache from this checkpoint)", file=sys.stderr)
+        return 1
     return 0

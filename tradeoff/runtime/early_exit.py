@@ -43,6 +43,7 @@ from torch import nn
 from tradeoff.errors import first_line
 from tradeoff.policy.confidence import exit_outputs
 from tradeoff.policy.rule import ExitRule
+from tradeoff.runtime.structured import select_rows
 
 
 class EarlyExitOutput(NamedTuple):
@@ -217,7 +218,7 @@ class EarlyExitModel(nn.Module):
                 if stay.size == 0:
                     break
                 alive = alive[stay]
-                x = x.index_select(0, torch.from_numpy(stay).to(x.device))
+                x = select_rows(x, torch.from_numpy(stay))  # a list/dict of tensors too (MSDNet)
                 history = [h[stay] for h in history]
         return EarlyExitOutput(torch.from_numpy(predictions), torch.from_numpy(exits))
 
