@@ -284,6 +284,7 @@ def cache_checkpoint(
     logits_dtype: str = "float32",
     include_train: bool = False,
     trust: bool = False,
+    exits: list[str] | None = None,
     dist: "shard.DistContext | None" = None,
     dist_device: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -299,6 +300,8 @@ def cache_checkpoint(
         batch_size, device, logits_dtype: how the forward passes run and what they store.
         include_train: also cache the train split.
         trust: allow unpickling arbitrary objects from the checkpoint.
+        exits: for a model without `stages()`: its exit heads' module names, shallow -> deep
+            (`models.attach.NamedExits`).
         dist: the torchrun context (`shard.detect_torchrun()`) inside its `shard.process_group`;
             None for one process.
         dist_device: the process group's device for this rank (what `shard.process_group`
@@ -320,6 +323,12 @@ def cache_checkpoint(
     main = ctx is None or ctx.is_main
     with shard.step(ctx, run_on):
         loaded = load_checkpoint(ckpt, arch=arch, num_classes=num_classes, trust=trust, map_location="cpu")
+        if exits:
+            from dataclasses import replace
+
+            from tradeoff.models.attach import NamedExits
+
+            loaded = replace(loaded, model=NamedExits(loaded.model, list(exits)))
         if loaded.stripped_prefix and main:
             log(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {ckpt} carries "
                 "(a training wrapper's); without it every key fits the model")
@@ -335,6 +344,8 @@ def cache_checkpoint(
             "logits_dtype": logits_dtype,
             "splits": sorted(splits_present(dataset)),
         }
+        if exits:
+            key["exits"] = list(exits)
         existing = existing_cache(path, key, ckpt=ckpt, log=log if main else None)
         if existing is None:
             rows = [(0, len(dataset))] if ctx is None else shard.rank_rows(len(dataset), batch_size, ctx.world_size)
@@ -354,6 +365,7 @@ def cache_checkpoint(
         "batch_size": int(batch_size),
         "device": str(device),
         "world_size": world,
+        **({"exits": list(exits)} if exits else {}),
     }
     model = loaded.model
     if ctx is None:

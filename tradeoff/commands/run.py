@@ -11,6 +11,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt", required=True, help="the checkpoint the thresholds were searched for")
     p.add_argument("--thresholds", required=True, help="results/<run>/thresholds.json")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
+    p.add_argument("--exits", help="for a model without stages(): its exit heads' module names, shallow -> deep "
+                                   "(e.g. exit1,exit2,fc); its forward() must return those heads' outputs")
     p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
     p.add_argument("--data", help="data whose test split is run (default: the checkpoint's, else digits)")
     p.add_argument("--cache", help="the cache the thresholds came from: checked by sha256, and the runtime's "
@@ -51,6 +53,12 @@ def run(args) -> int:
         raise ValueError(f"--threads must be >= 1; got {args.threads}")
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
+    if args.exits:
+        from dataclasses import replace
+
+        from tradeoff.models.attach import NamedExits
+
+        loaded = replace(loaded, model=NamedExits(loaded.model, [n.strip() for n in args.exits.split(",")]))
     if loaded.stripped_prefix:
         print(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {args.ckpt} carries")
     K = len(model_stages(loaded.model))

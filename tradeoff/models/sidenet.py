@@ -16,13 +16,15 @@ A SideNet checkpoint is self-contained: its state_dict holds the MainNet's weigh
 
 from __future__ import annotations
 
+import inspect
+
 
 import torch
 from torch import nn
 
 from tradeoff.models.attach import AttachedNet
 from tradeoff.models.base import MultiExitNet, Stage
-from tradeoff.models.registry import create_model, register_model
+from tradeoff.models.registry import create_model, register_model, resolve_builder
 from tradeoff.models.resnet import PlainResNet
 
 __all__ = ["PlainResNet", "SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main"]
@@ -120,6 +122,8 @@ def sidenet(
     torch.fx (`models.attach.AttachedNet`), which then needs `input_shape`.
     """
     kwargs = dict(main_kwargs or {})
+    if num_classes is not None and not _takes(main_arch, "num_classes"):
+        num_classes = None  # a user's MainNet builder that fixes its own classes
     if num_classes is not None:
         if "num_classes" in kwargs and int(kwargs["num_classes"]) != int(num_classes):
             raise ValueError(f"sidenet: num_classes={num_classes} disagrees with main_kwargs num_classes={kwargs['num_classes']}")
@@ -128,6 +132,11 @@ def sidenet(
     if isinstance(tap, str):
         return _attached(main, tap, input_shape, hidden, pool)
     return SideNet(main, tap=main.num_layers // 2 if tap is None else int(tap), hidden=hidden, pool=pool)
+
+
+def _takes(arch: str, name: str) -> bool:
+    params = inspect.signature(resolve_builder(arch)).parameters
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def _attached(main: nn.Module, tap: str, input_shape, hidden: int, pool: int) -> AttachedNet:
