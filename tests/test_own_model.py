@@ -208,3 +208,20 @@ def test_current_folder_is_on_the_import_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
     assert create_model("mymod_cwd_probe:build", num_classes=3) == 3
+
+
+def test_docs_example_really_runs(tmp_path, monkeypatch, capsys):
+    """docs/own_model.md's example, written to ./mymodel.py, trained, cached - no PYTHONPATH."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "own_model.md").read_text()
+    code = re.search(r"```python\n(# mymodel.py\n.*?)```", text, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 17
+    (tmp_path / "mymodel.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--arch", "mymodel:build", "--data", "digits", "--out", "my.pt", "--epochs", "1",
+                 "--no-progress"]) == 0
+    assert main(["cache", "--ckpt", "my.pt", "--out", "my.npz"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote my.npz" in out
