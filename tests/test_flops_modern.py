@@ -133,3 +133,25 @@ def test_uncounted_op_is_named_with_its_count():
     note = uncounted_ops_note({"unsupported_ops": costs.unsupported_ops})
     assert note == "FLOPs exclude 1 uncounted op(s): aten::cumsum x2"
     assert uncounted_ops_note({"unsupported_ops": {}}) is None
+
+
+def test_uncounted_ops_reach_summary_and_plot_titles(tmp_path):
+    """Before: the uncounted ops sat only in the cache meta; summary.json dropped them."""
+    import dataclasses
+    import json
+
+    from tradeoff.cache.format import make_meta, write_cache
+    from tradeoff.cache.synthetic import synthetic_cache
+    from tradeoff.commands import main
+    from tradeoff.report.plot_data import exits_plot_data, pareto_plot_data
+
+    cache = synthetic_cache(600, 10, (0.6, 0.75, 0.85), seed=3)
+    meta = dict(cache.meta, unsupported_ops={"aten::scaled_dot_product_attention": 3})
+    path = write_cache(tmp_path / "c.npz", dataclasses.replace(cache, meta=make_meta(**meta)))
+    out = tmp_path / "run"
+    assert main(["search", "--cache", str(path), "--target-acc", "0.7", "--out", str(out), "--pop", "12",
+                 "--gens", "4"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cache"]["meta"]["unsupported_ops"] == {"aten::scaled_dot_product_attention": 3}
+    for gather in (pareto_plot_data, exits_plot_data):
+        assert gather(out).title.endswith("FLOPs exclude 1 uncounted op(s): aten::scaled_dot_product_attention x3")

@@ -225,3 +225,17 @@ def test_docs_example_really_runs(tmp_path, monkeypatch, capsys):
     assert main(["cache", "--ckpt", "my.pt", "--out", "my.npz"]) == 0
     out = capsys.readouterr().out
     assert "wrote my.npz" in out
+
+
+def test_cache_by_exit_names_warns_about_uncounted_ops(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "s.pt", own_models.softplus_exits(), arch="own_models:softplus_exits",
+                           arch_kwargs={}, num_classes=10, data="digits")
+    code = main(["cache", "--ckpt", str(ckpt), "--exits", "exit1,exit2,fc", "--out", str(tmp_path / "s.npz")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "warning: FLOPs exclude 1 uncounted op(s): aten::softplus x1" in captured.err
+    from tradeoff.cache.format import load_cache
+
+    meta = load_cache(tmp_path / "s.npz").meta
+    assert meta["unsupported_ops"] == {"aten::softplus": 1} and meta["exits"] == ["exit1", "exit2", "fc"]
