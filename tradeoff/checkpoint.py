@@ -9,10 +9,14 @@ Three kinds of file load:
   * a `.safetensors` file, likewise.
 
 Pickled files are always read with `torch.load(weights_only=True)` (timm's habit): only
-tensors and plain containers come back. A file that asks for arbitrary Python objects is
+tensors, plain containers and NumPy scalars/dtypes (a `best_acc` stored as `np.float64`)
+come back. A file that asks for arbitrary Python objects is
 refused with `UnsafeCheckpointError` unless the caller passes `trust=True`
 (`--trust-checkpoint`). Key and shape mismatches become one line that names the first
-offending keys and suggests the `--arch` / `--num-classes` the file seems to fit.
+offending keys, the likely cause (`tradeoff.state_keys.mismatch_cause`) and the `--arch` /
+`--num-classes` the file seems to fit. One key prefix common to the whole file (`model.`,
+`net.`: training wrappers such as Lightning's) is removed when that alone makes every key
+fit, and `LoadedCheckpoint.stripped_prefix` says so.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +36,7 @@ from tradeoff.errors import UnsafeCheckpointError
 from tradeoff.fileio import atomic_open, sha256_file
 from tradeoff.models import create_model, list_models
 from tradeoff.models.scan import infer_scan_arch
+from tradeoff.state_keys import mismatch_cause, strip_common_prefix
 
 FORMAT = "tradeoff-ckpt"
 VERSION = 1
@@ -39,6 +45,19 @@ _WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
 _IGNORED_PREFIXES = ("adaptation_layers.",)  # BYOT's training-only feature adapters
 _SHOW = 3  # keys named per kind of mismatch
+
+
+def _numpy_safe_globals() -> list:
+    """NumPy scalars and dtypes: data, not code, so `weights_only` may rebuild them (torch's
+    documented recipe); the scalar's numpy-1 module path is listed too for older files."""
+    from numpy._core.multiarray import scalar
+
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+
+
+_NUMPY_SAFE = _numpy_safe_globals()
+_NUMPY_SAFE_NAMES = {"numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype"}
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """A ready model and where it came from.
@@ -51,6 +70,8 @@ class LoadedCheckpoint:
         path: the file read.
         ignored_keys: file entries deliberately dropped (BYOT `adaptation_layers.*`).
         extra: the file's other plain entries (tradeoff extras, wrapper fields such as epoch).
+        stripped_prefix: the key prefix common to the whole file that was removed to fit the
+            model (e.g. "model." of a Lightning checkpoint), else None.
     """
 
     model: nn.Module
@@ -62,6 +83,7 @@ class LoadedCheckpoint:
     path: Path
     ignored_keys: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    stripped_prefix: str | None = None
 
 
 def save_checkpoint(
@@ -195,12 +217,13 @@ def load_checkpoint(
         spec = _bare_spec(state, path, arch, num_classes, arch_kwargs)
 
     model = create_model(spec["arch"], num_classes=spec["num_classes"], **spec["arch_kwargs"])
-    ignored = _load_strict(model, state, path, spec)
+    ignored, prefix = _load_strict(model, state, path, spec)
     if isinstance(map_location, (str, torch.device)):
         model = model.to(map_location)
     model.eval()
     return LoadedCheckpoint(
-        model=model, sha256=digest, path=path, data=data, ignored_keys=ignored, extra=extra, **spec
+        model=model, sha256=digest, path=path, data=data, ignored_keys=ignored, extra=extra, stripped_prefix=prefix,
+        **spec,
     )
 
 
@@ -214,7 +237,8 @@ def _read_file(path: Path, trust: bool, map_location):
     try:
         with warnings.catch_warnings():  # our one-line error says more than torch's protocol note
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            return torch.load(path, map_location=map_location, weights_only=not trust), {}
+            with torch.serialization.safe_globals(_NUMPY_SAFE):
+                return torch.load(path, map_location=map_location, weights_only=not trust), {}
     except Exception as exc:  # torch raises many types for bad bytes; all mean "not loadable"
         if not trust:
             unsafe = unsafe_globals(path, exc)
@@ -257,6 +281,7 @@ def unsafe_globals(path: Path, exc: Exception) -> list[str]:
     except Exception:  # legacy (non-zip) files cannot be inspected that way; torch's message tells
         found = []
     found = found or re.findall(r"Unsupported global: GLOBAL (\S+)", message)
+    found = [name for name in found if name not in _NUMPY_SAFE_NAMES and not name.startswith("numpy.dtypes.")]
     if not found and isinstance(exc, pickle.UnpicklingError) and "was not an allowed global" in message:
         found = ["an unknown global"]
     return found
@@ -345,7 +370,8 @@ def _unwrap(raw, path: Path) -> tuple[dict, dict]:
         inner = next((k for k in _WRAPPER_KEYS if k in raw), None)
         if inner is None:
             break
-        extra.update({k: v for k, v in raw.items() if k != inner and isinstance(v, (bool, int, float, str))})
+        extra.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in raw.items()
+                      if k != inner and isinstance(v, (bool, int, float, str, np.bool_, np.number))})
         raw = raw[inner]
         if isinstance(raw, nn.Module):
             return raw.state_dict(), extra
@@ -396,9 +422,14 @@ def _bare_spec(state: Mapping, path: Path, arch, num_classes, arch_kwargs) -> di
 # ---------------------------------------------------------------- fitting the model
 
 
-def _load_strict(model: nn.Module, state: dict, path: Path, spec: dict) -> list[str]:
-    """Load every weight or explain in one line what does not fit; returns dropped keys."""
+def _load_strict(model: nn.Module, state: dict, path: Path, spec: dict) -> tuple[list[str], str | None]:
+    """Load every weight or explain in one line what does not fit.
+
+    Returns:
+        (dropped keys, the common key prefix removed to fit or None).
+    """
     expected = model.state_dict()
+    state, prefix = strip_common_prefix(state, expected)
     ignored = [k for k in state if k not in expected and k.startswith(_IGNORED_PREFIXES)]
     for key in ignored:
         del state[key]
@@ -416,12 +447,14 @@ def _load_strict(model: nn.Module, state: dict, path: Path, spec: dict) -> list[
             if keys:
                 more = f", … {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
                 parts.append(f"{len(keys)} {label} ({', '.join(keys[:_SHOW])}{more})")
+        cause = mismatch_cause(missing, unexpected, expected, state) if (missing or unexpected) else None
         raise ValueError(
             f"{path} does not fit --arch {spec['arch']} with {spec['num_classes']} classes: {'; '.join(parts)}"
+            + (f" - {cause}" if cause else "")
             + _suggestion(state, spec["arch"], spec["num_classes"], keys_fit=not (missing or unexpected))
         )
     model.load_state_dict(state, strict=True)
-    return sorted(ignored)
+    return sorted(ignored), prefix
 
 
 def infer_num_classes(state: Mapping) -> int | None:

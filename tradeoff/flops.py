@@ -18,10 +18,19 @@ here run is silently counted as zero):
 | `sigmoid` | 1 per output element (the attention mask) | here |
 | `avg_pool2d` | kernel area per output element (the additions of each window) | here |
 | `mean` | 1 per input element, like adaptive pooling | here |
-| `relu`, `relu_`, `max_pool2d`, `flatten`, `view`, `reshape` | 0: comparisons or a shape change, no multiply-add | explicit zero |
+| `scaled_dot_product_attention` | B·H·L·S·(E + Ev) for QKᵀ and AV, + B·H·L·S for the softmax over the scores | here |
+| `matmul` (any rank, broadcast) | batch x M x K x N; a 1-D operand counts as a matrix of one row/column | here |
+| `bmm`, `mm`, `einsum`, `linear` | in x out per row (einsum: numpy's optimal contraction path) | fvcore |
+| `softmax`, `log_softmax` | 1 per element, like `sigmoid` | here |
+| `gelu`, `silu`, `tanh`, `hardswish`, `hardsigmoid`, `exp` | 1 per output element, like `sigmoid` | here |
+| `layer_norm`, `group_norm` | 5 per element with affine, 4 without (fvcore's estimate) | fvcore |
+| `relu`, `relu_`, `max_pool2d`, `flatten`, `view`, `reshape`, `transpose`, `unflatten` | 0: comparisons or a shape change, no multiply-add | explicit zero |
 
+`scaled_dot_product_attention`'s two matrix products equal `torch.utils.flop_counter`'s
+count halved (it counts a multiply-add as two FLOPs); tests/test_flops.py checks that.
 Any other op fvcore meets without a handle is listed in `ExitCosts.unsupported_ops`
-(op name -> times seen) and stored in the cache meta, never hidden.
+(op name -> times seen), stored in the cache meta, printed by `tradeoff cache` and
+carried into `search`'s summary.json and the plots' titles, never hidden.
 """
 
 from __future__ import annotations
@@ -76,14 +85,33 @@ def _zero(inputs: list[Any], outputs: list[Any]) -> int:
     return 0
 
 
-_ELEMENTWISE_OPS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "sigmoid", "sigmoid_")
-_ZERO_COST_OPS = ("relu", "relu_", "max_pool2d", "flatten", "view", "reshape")
+def _scaled_dot_product_attention(inputs: list[Any], outputs: list[Any]) -> int:
+    """q (..., L, E), k (..., S, E), v (..., S, Ev): QKᵀ, softmax over (L, S), then AV."""
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    batch = math.prod(q[:-2])
+    L, E, S, Ev = q[-2], q[-1], k[-2], v[-1]
+    return batch * L * S * (E + Ev + 1)
+
+
+def _matmul(inputs: list[Any], outputs: list[Any]) -> int:
+    """torch.matmul of any ranks: each output element is one dot product of length K."""
+    return math.prod(get_shape(outputs[0])) * get_shape(inputs[0])[-1]
+
+
+_ELEMENTWISE_OPS = (
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "sigmoid", "sigmoid_",
+    "gelu", "gelu_", "silu", "silu_", "tanh", "tanh_", "hardswish", "hardswish_", "hardsigmoid", "exp",
+    "softmax", "log_softmax",
+)
+_ZERO_COST_OPS = ("relu", "relu_", "max_pool2d", "flatten", "view", "reshape", "transpose", "unflatten", "squeeze", "unsqueeze")
 
 #: Handles added to fvcore's defaults (see the module docstring for the convention).
 EXTRA_OP_HANDLES: dict[str, Callable] = {
     **{f"aten::{op}": _per_output_element for op in _ELEMENTWISE_OPS},
     "aten::avg_pool2d": _avg_pool2d,
     "aten::mean": _per_input_element,
+    "aten::scaled_dot_product_attention": _scaled_dot_product_attention,
+    "aten::matmul": _matmul,
     **{f"aten::{op}": _zero for op in _ZERO_COST_OPS},
 }
 

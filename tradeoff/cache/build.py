@@ -284,6 +284,7 @@ def cache_checkpoint(
     logits_dtype: str = "float32",
     include_train: bool = False,
     trust: bool = False,
+    exits: list[str] | None = None,
     dist: "shard.DistContext | None" = None,
     dist_device: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -299,6 +300,8 @@ def cache_checkpoint(
         batch_size, device, logits_dtype: how the forward passes run and what they store.
         include_train: also cache the train split.
         trust: allow unpickling arbitrary objects from the checkpoint.
+        exits: for a model without `stages()`: its exit heads' module names, shallow -> deep
+            (`models.attach.NamedExits`).
         dist: the torchrun context (`shard.detect_torchrun()`) inside its `shard.process_group`;
             None for one process.
         dist_device: the process group's device for this rank (what `shard.process_group`
@@ -320,6 +323,15 @@ def cache_checkpoint(
     main = ctx is None or ctx.is_main
     with shard.step(ctx, run_on):
         loaded = load_checkpoint(ckpt, arch=arch, num_classes=num_classes, trust=trust, map_location="cpu")
+        if exits:
+            from dataclasses import replace
+
+            from tradeoff.models.attach import NamedExits
+
+            loaded = replace(loaded, model=NamedExits(loaded.model, list(exits)))
+        if loaded.stripped_prefix and main:
+            log(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {ckpt} carries "
+                "(a training wrapper's); without it every key fits the model")
         spec = data or loaded.data or "digits"
         splits = ("train", "val", "test") if include_train else ("val", "test")
         dataset = load_data(spec, splits=splits)
@@ -332,12 +344,15 @@ def cache_checkpoint(
             "logits_dtype": logits_dtype,
             "splits": sorted(splits_present(dataset)),
         }
+        if exits:
+            key["exits"] = list(exits)
         existing = existing_cache(path, key, ckpt=ckpt, log=log if main else None)
         if existing is None:
             rows = [(0, len(dataset))] if ctx is None else shard.rank_rows(len(dataset), batch_size, ctx.world_size)
             # One sample first: a model that does not fit the data fails here, in data
             # terms, before fvcore traces it.
             predict_exits(loaded.model, dataset, rows=(0, 1), batch_size=1, device=run_on, progress=False)
+            check_model_contract(loaded.model, dataset, device=run_on)
     world = 1 if ctx is None else ctx.world_size
     if existing is not None:
         return CacheOutcome(path, existing, reused=True, seconds=0.0, world_size=world, data_name=dataset.name)
@@ -350,6 +365,7 @@ def cache_checkpoint(
         "batch_size": int(batch_size),
         "device": str(device),
         "world_size": world,
+        **({"exits": list(exits)} if exits else {}),
     }
     model = loaded.model
     if ctx is None:
@@ -379,6 +395,28 @@ def cache_checkpoint(
             cache = assemble_cache(logits, dataset, costs, model=model, meta=meta)
             write_cache(path, cache)
     return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=world, data_name=dataset.name)
+
+
+def check_model_contract(model, dataset, *, device: str = "cpu", rows: int = 8) -> None:
+    """`forward()` and `stages()` must give the same exits in the same order, on real samples.
+
+    Checked before anything is written (`tradeoff.models.contract.check_contract`); a model
+    without `stages()` is left to the cost counter, which says what it needs.
+
+    Raises:
+        ValueError: naming the mismatch (e.g. "forward() returns exit 1 where stages() gives exit 3").
+    """
+    from tradeoff.models.contract import check_contract
+
+    if not callable(getattr(model, "stages", None)):
+        return
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.float32
+    probe = torch.from_numpy(np.ascontiguousarray(dataset.x[:rows])).to(device, dtype)
+    try:
+        check_contract(model.to(device), probe)
+    except NotImplementedError:
+        return
 
 
 def splits_present(dataset) -> set[str]:

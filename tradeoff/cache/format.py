@@ -113,6 +113,20 @@ def make_meta(**fields) -> dict:
     return meta
 
 
+def uncounted_ops_note(meta: dict) -> str | None:
+    """One line naming each op the FLOP counter could not count and how often it ran, or None.
+
+    The per-exit costs of such a cache leave those ops out (they are lower bounds), so
+    `tradeoff cache` prints this, search's summary.json keeps the ops and the plots'
+    titles repeat it.
+    """
+    ops = meta.get("unsupported_ops") if isinstance(meta, dict) else None
+    if not isinstance(ops, dict) or not ops:
+        return None
+    listed = ", ".join(f"{name} x{count}" for name, count in sorted(ops.items()))
+    return f"FLOPs exclude {len(ops)} uncounted op(s): {listed}"
+
+
 def validate_cache(cache: ExitCache, *, source: str = "cache") -> ExitCache:
     """Check every invariant of the format once, at the entry point.
 

@@ -11,6 +11,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("cache", help="run a multi-exit model over a dataset once; store every exit's logits and cost")
     p.add_argument("--ckpt", required=True, help="checkpoint: tradeoff .pt, bare state_dict (.pth/.pt) or .safetensors")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
+    p.add_argument("--exits", help="for a model without stages(): its exit heads' module names, shallow -> deep "
+                                   "(e.g. exit1,exit2,fc); its forward() must return those heads' outputs")
     p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
     p.add_argument("--data", help="digits | cifar100:DIR | cifar10:DIR | fashion-mnist[:DIR] | mnist:DIR | npz:PATH "
                                    "(default: the checkpoint's, else digits)")
@@ -50,6 +52,7 @@ def run(args) -> int:
 
 def _cache(args, ctx, device) -> int:
     from tradeoff.cache.build import cache_checkpoint
+    from tradeoff.cache.format import uncounted_ops_note
     from tradeoff.cache.importer import exit_summary_table
 
     main = ctx is None or ctx.is_main
@@ -58,11 +61,15 @@ def _cache(args, ctx, device) -> int:
         Path(args.out) if args.out else (lambda data_name: default_cache_path(args.ckpt, data_name)),
         data=args.data, arch=args.arch, num_classes=args.num_classes, batch_size=args.batch_size,
         device=args.device, logits_dtype=args.logits_dtype, include_train=args.include_train,
-        trust=args.trust_checkpoint, dist=ctx, dist_device=device, log=lambda line: print(line, file=sys.stderr),
+        trust=args.trust_checkpoint, exits=_names(args.exits), dist=ctx, dist_device=device, log=lambda line: print(line, file=sys.stderr),
     )
     if not main:
         return 0
     cache, out = outcome.cache, outcome.path
+    note = uncounted_ops_note(cache.meta)
+    if note:
+        print(f"warning: {note}; every cost and speed-up from this cache is a lower bound - "
+              "give those ops a handle in tradeoff/flops.py (EXTRA_OP_HANDLES)", file=sys.stderr)
     if outcome.reused:
         print(f"reusing {out}: it already holds this checkpoint's logits on {outcome.data_name} "
               "(same sha256, data fingerprint and dtype); delete it to recompute")
@@ -74,3 +81,7 @@ def _cache(args, ctx, device) -> int:
     print(exit_summary_table(cache))
     print(f"wrote {out}")
     return 0
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None

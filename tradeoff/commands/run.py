@@ -11,6 +11,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt", required=True, help="the checkpoint the thresholds were searched for")
     p.add_argument("--thresholds", required=True, help="results/<run>/thresholds.json")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
+    p.add_argument("--exits", help="for a model without stages(): its exit heads' module names, shallow -> deep "
+                                   "(e.g. exit1,exit2,fc); its forward() must return those heads' outputs")
     p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")
     p.add_argument("--data", help="data whose test split is run (default: the checkpoint's, else digits)")
     p.add_argument("--cache", help="the cache the thresholds came from: checked by sha256, and the runtime's "
@@ -40,6 +42,7 @@ def load_inputs(args):
     Returns:
         (loaded checkpoint, ThresholdsFile, data spec, Dataset with the test split).
     """
+    from tradeoff.cache.build import check_model_contract
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
     from tradeoff.fileio import sha256_file
@@ -47,6 +50,14 @@ def load_inputs(args):
     from tradeoff.runtime.early_exit import model_stages
 
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
+    if getattr(args, "exits", None):
+        from dataclasses import replace
+
+        from tradeoff.models.attach import NamedExits
+
+        loaded = replace(loaded, model=NamedExits(loaded.model, [n.strip() for n in args.exits.split(",")]))
+    if loaded.stripped_prefix:
+        print(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {args.ckpt} carries")
     K = len(model_stages(loaded.model))
     cache_sha = None
     if getattr(args, "cache", None):
@@ -61,6 +72,7 @@ def load_inputs(args):
             f"--data {spec} has labels up to {int(data.y.max())} but the model has {loaded.num_classes} classes; "
             "pass the data the model was trained for"
         )
+    check_model_contract(loaded.model, data)
     return loaded, tf, spec, data
 
 
@@ -68,6 +80,7 @@ def run(args) -> int:
     """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
     from tradeoff.fileio import write_json_atomic
     from tradeoff.flops import exit_costs
+    from tradeoff.runtime.agreement import unexplained_disagreements
     from tradeoff.runtime.early_exit import EarlyExitModel
     from tradeoff.runtime.report import cache_agreement, evaluate_runtime, report_document, report_table
     import torch
@@ -86,6 +99,7 @@ def run(args) -> int:
                               batch_size=args.batch_size, repeats=args.repeats, progress=True)
     predicted = _predicted_latency(args, tf.path, loaded.sha256, tf.num_exits, report.exit_fractions, compiled)
     agreement = cache_agreement(args.cache, tf.rule, data.y, report) if args.cache else None
+    disagreement = unexplained_disagreements(args.cache, tf.rule, report) if args.cache else None
     out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
     doc = report_document(
         report,
@@ -103,6 +117,7 @@ def run(args) -> int:
         data_fingerprint=data.fingerprint,
         search_test=tf.test,
         cache_agreement=agreement,
+        cache_disagreements=disagreement,
         torch_version=torch.__version__,
         **predicted,
     )
@@ -117,6 +132,12 @@ def run(args) -> int:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers")
     print(f"\nwrote {out}")
+    if disagreement is not None and disagreement["unexplained"]:
+        print(f"tradeoff run: error: {disagreement['unexplained']} of {report.exits.size} test samples (first: test row "
+              f"{disagreement['first_unexplained']}) left at another exit or got another answer than the cache's rule "
+              "says, and not by float rounding at a threshold; this model or its exits are not those of --cache "
+              "(rebuild the cache from this checkpoint)", file=sys.stderr)
+        return 1
     return 0
 
 

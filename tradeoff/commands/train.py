@@ -10,7 +10,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="checkpoint to write (.pt, tradeoff format)")
     p.add_argument("--main", help="frozen MainNet checkpoint (SideNet only)")
     p.add_argument("--width-fraction", type=float, help="small network's share of channels (Adjoined only; default 0.5)")
-    p.add_argument("--tap", type=int, help="SideNet only: the side head reads layer<TAP>'s output (default: the middle layer)")
+    p.add_argument("--tap", help="SideNet only: the module whose output the side head reads, e.g. layer3.1 "
+                                 "(an integer N: layerN of our own MainNets; default: the middle layer)")
+    p.add_argument("--main-arch", help="SideNet only: builder of a bare --main state_dict (pkg.module:builder)")
+    p.add_argument("--backbone", help="SCAN only (--arch scan): the backbone's builder, pkg.module:builder or a name")
+    p.add_argument("--taps", help="SCAN only: module names of the backbone to put exits after, shallow -> deep (A,B,C)")
+    p.add_argument("--backbone-ckpt", help="SCAN only: the backbone's trained weights (tradeoff or bare state_dict)")
     p.add_argument("--epochs", type=int, help="default: 200 for CIFAR (the paper's schedule), 5 for MNIST layouts, 30 otherwise")
     p.add_argument("--batch-size", type=int, help="default: 128 for CIFAR, 256 for MNIST layouts, 64 otherwise")
     p.add_argument("--lr", type=float, help="default: 0.1 SGD for CIFAR, 4e-3 Adam one-cycle for MNIST layouts, 3e-3 Adam otherwise")
@@ -38,7 +43,16 @@ def run(args) -> int:
     if getattr(args, "tap", None) is not None:
         if args.arch != "sidenet":
             raise ValueError(f"--tap is only for --arch sidenet; got --arch {args.arch}")
-        arch_kwargs["tap"] = int(args.tap)
+        arch_kwargs["tap"] = int(args.tap) if str(args.tap).isdigit() else str(args.tap)
+    if getattr(args, "main_arch", None):
+        if args.arch != "sidenet":
+            raise ValueError(f"--main-arch is only for --arch sidenet; got --arch {args.arch}")
+        arch_kwargs["main_arch"] = args.main_arch
+    for flag in ("backbone", "taps", "backbone_ckpt"):
+        if getattr(args, flag, None):
+            if args.arch != "scan":
+                raise ValueError(f"--{flag.replace('_', '-')} is only for --arch scan; got --arch {args.arch}")
+            arch_kwargs[flag] = getattr(args, flag)
     from tradeoff.data import load_data
     from tradeoff.models import resolve_builder
 

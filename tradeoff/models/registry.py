@@ -1,11 +1,16 @@
 """Name -> builder registry (timm's habit): `@register_model`, `create_model(name, **kw)`.
 
-A user's own network is reached as `pkg.module:builder`, imported on demand.
+A user's own network is reached as `pkg.module:builder`, imported on demand, with the
+current folder on the import path (as `python -m` has it), so `--arch mymod:build` finds
+./mymod.py without PYTHONPATH.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import os
+import sys
 from typing import Callable
 
 _BUILDERS: dict[str, Callable] = {}
@@ -32,20 +37,37 @@ def resolve_builder(name: str) -> Callable:
     """
     if ":" in name:
         module_name, _, attr = name.partition(":")
+        _current_folder_on_path()
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ValueError(f"--arch {name!r}: cannot import module {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+            raise ValueError(
+                f"--arch {name!r}: cannot import module {module_name!r} ({exc}); run from the folder that holds "
+                f"{module_name.replace('.', '/')}.py or add its folder to PYTHONPATH"
+            ) from None
         builder = getattr(module, attr, None)
         if not callable(builder):
             raise ValueError(f"--arch {name!r}: module {module_name!r} has no callable {attr!r}")
         return builder
     if name not in _BUILDERS:
+        if "." in name:
+            module_name, _, attr = name.rpartition(".")
+            raise ValueError(f"unknown model {name!r}; did you mean {module_name}:{attr}? (a builder in a module "
+                             "is named module:function)")
+        near = difflib.get_close_matches(name, list_models(), n=3)
+        guess = f"; did you mean {' or '.join(near)}?" if near else ""
         raise ValueError(
             f"unknown model {name!r}; known models: {', '.join(list_models())} "
-            "(or give your own as pkg.module:builder)"
+            f"(or give your own as pkg.module:builder){guess}"
         )
     return _BUILDERS[name]
+
+
+def _current_folder_on_path() -> None:
+    """Put the current folder on sys.path (last, so it never shadows an installed package)."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
 
 
 def create_model(name: str, **kwargs):

@@ -16,13 +16,16 @@ A SideNet checkpoint is self-contained: its state_dict holds the MainNet's weigh
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+
 
 import torch
 from torch import nn
 
+from tradeoff.models.attach import AttachedNet
 from tradeoff.models.base import MultiExitNet, Stage
-from tradeoff.models.registry import create_model, register_model
+from tradeoff.models.registry import create_model, register_model, resolve_builder
 from tradeoff.models.resnet import PlainResNet, small_strides
 
 __all__ = ["SideNet", "mainnet_small", "mainnet_resnet18", "sidenet", "sidenet_from_main"]
@@ -106,29 +109,49 @@ class SideNet(MultiExitNet):
 def sidenet(
     main_arch: str = "mainnet_small",
     main_kwargs: dict | None = None,
-    tap: int | None = None,
+    tap: int | str | None = None,
     hidden: int = 64,
     pool: int = 2,
     num_classes: int | None = None,
-) -> SideNet:
+    input_shape: tuple | list | None = None,
+) -> SideNet | AttachedNet:
     """A SideNet over a freshly built (untrained) MainNet; weights come from a checkpoint.
 
     `tradeoff train --arch sidenet --main main.pt` uses `sidenet_from_main` instead, which
-    loads the trained MainNet. `tap` defaults to the middle layer (L // 2).
+    loads the trained MainNet. An int `tap` reads `layer{tap}` of our own MainNets (default:
+    the middle layer, L // 2); a module name (e.g. "layer3.1") taps any MainNet, split with
+    torch.fx (`models.attach.AttachedNet`), which then needs `input_shape`.
     """
     kwargs = dict(main_kwargs or {})
+    if num_classes is not None and not _takes(main_arch, "num_classes"):
+        num_classes = None  # a user's MainNet builder that fixes its own classes
     if num_classes is not None:
         if "num_classes" in kwargs and int(kwargs["num_classes"]) != int(num_classes):
             raise ValueError(f"sidenet: num_classes={num_classes} disagrees with main_kwargs num_classes={kwargs['num_classes']}")
         kwargs["num_classes"] = int(num_classes)
     main = create_model(main_arch, **kwargs)
+    if isinstance(tap, str):
+        return _attached(main, tap, input_shape, hidden, pool)
     return SideNet(main, tap=main.num_layers // 2 if tap is None else int(tap), hidden=hidden, pool=pool)
 
 
+def _takes(arch: str, name: str) -> bool:
+    params = inspect.signature(resolve_builder(arch)).parameters
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _attached(main: nn.Module, tap: str, input_shape, hidden: int, pool: int) -> AttachedNet:
+    shape = input_shape if input_shape is not None else getattr(main, "input_shape", None)
+    if shape is None:
+        raise ValueError("sidenet with a named tap needs input_shape (one sample's shape, e.g. [3, 32, 32])")
+    return AttachedNet(main, [tap], input_shape=tuple(shape), head="side", freeze_backbone=True, hidden=hidden,
+                       pool=pool)
+
+
 def sidenet_from_main(
-    main: nn.Module, *, main_arch: str, main_kwargs: dict | None = None, tap: int | None = None, hidden: int = 64,
-    pool: int = 2,
-) -> tuple[SideNet, dict]:
+    main: nn.Module, *, main_arch: str, main_kwargs: dict | None = None, tap: int | str | None = None, hidden: int = 64,
+    pool: int = 2, input_shape: tuple | None = None,
+) -> tuple[SideNet | AttachedNet, dict]:
     """A SideNet around an already loaded, trained MainNet.
 
     The caller loads the checkpoint (`tradeoff.checkpoint.load_checkpoint`) and passes the
@@ -143,9 +166,19 @@ def sidenet_from_main(
         (model, arch_kwargs): `create_model("sidenet", **arch_kwargs)` rebuilds the same
         network, so a saved SideNet checkpoint is self-contained.
 
+        tap: `layer{tap}` of our own MainNets (int), or any module name of any MainNet (str).
+        input_shape: one sample's shape, for a named tap (the data's).
+
     Raises:
-        ValueError: `main` is not a single-exit MainNet.
+        ValueError: `main` is not a single-exit MainNet, or a named tap that does not fit.
     """
+    if isinstance(tap, str) and tap.isdigit() and isinstance(main, PlainResNet):
+        tap = int(tap)
+    if isinstance(tap, str):
+        main_kwargs = {k: v for k, v in dict(main_kwargs or {}).items() if k != "num_classes"}
+        model = _attached(main, tap, input_shape, hidden, pool)
+        return model, {"main_arch": main_arch, "main_kwargs": main_kwargs, "tap": tap, "hidden": hidden, "pool": pool,
+                       "input_shape": list(model.input_shape)}
     if not isinstance(main, PlainResNet):
         raise ValueError(
             f"main holds a {main_arch!r} model; SideNet needs a single-exit MainNet "

@@ -330,6 +330,7 @@ _META_SUMMARY_KEYS = (
     "params_per_exit",
     "schema",
     "tool_version",
+    "unsupported_ops",
 )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from tradeoff.cache.format import uncounted_ops_note
 from tradeoff.report import documents as report
 from tradeoff.policy.rule import OFF_THRESHOLD, rule_thresholds
 
@@ -133,9 +134,12 @@ def _mflops(values) -> tuple[float, ...]:
     return tuple(float(v) / 1e6 for v in values)
 
 
-def _title(arch, cache_path) -> str:
+def _title(meta: dict, cache_path) -> str:
+    """'<arch> - <cache file>', plus a second line when the costs leave ops uncounted."""
     name = Path(cache_path).name if cache_path else "in-memory cache"
-    return f"{arch or 'unknown arch'} - {name}"
+    title = f"{meta.get('arch') or 'unknown arch'} - {name}"
+    note = uncounted_ops_note(meta)
+    return f"{title}\n{note}" if note else title
 
 
 def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, float | None, str | None]:
@@ -196,7 +200,7 @@ def pareto_plot_data(source) -> ParetoPlotData:
     c = result.chosen
     target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
     return _in_ms(ParetoPlotData(
-        title=_title(result.cache_meta.get("arch"), result.cache_path),
+        title=_title(result.cache_meta, result.cache_path),
         baseline_mflops=result.baseline_flops / 1e6,
         fronts=tuple(fronts),
         exits=exits,
@@ -224,7 +228,7 @@ def exits_plot_data(source) -> ExitsPlotData:
         return _in_ms(_files_guard(source, _exits_from_files), source.summary.get("cost") == "ms")
     result = source
     return _in_ms(ExitsPlotData(
-        title=_title(result.cache_meta.get("arch"), result.cache_path),
+        title=_title(result.cache_meta, result.cache_path),
         exit_names=tuple(result.exit_names),
         exit_mflops=_mflops(result.flops),
         thresholds=rule_thresholds(result.chosen.thresholds),
@@ -259,7 +263,7 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
     val, test = chosen_doc["val"], chosen_doc["test"]
     target, budget, label = _target_lines(summary["settings"]["pick"], exits[-1].val_accuracy)
     return ParetoPlotData(
-        title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
+        title=_title(summary["cache"]["meta"], summary["cache"]["path"]),
         baseline_mflops=float(summary["cache"]["baseline_flops"]) / 1e6,
         fronts=tuple(fronts),
         exits=exits,
@@ -281,7 +285,7 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
 def _exits_from_files(files: RunFiles) -> ExitsPlotData:
     summary, chosen_doc = files.summary, files.thresholds
     return ExitsPlotData(
-        title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
+        title=_title(summary["cache"]["meta"], summary["cache"]["path"]),
         exit_names=tuple(str(n) for n in summary["cache"]["exit_names"]),
         exit_mflops=_mflops(summary["cache"]["flops"]),
         thresholds=rule_thresholds([[OFF_THRESHOLD if x is None else x for x in v] if isinstance(v, list)

@@ -38,6 +38,7 @@ from tradeoff.policy.confidence import exit_outputs
 from tradeoff.policy.rule import ExitRule
 from tradeoff.policy.table import fallback_predictions
 from tradeoff.runtime.compiled import compile_stages
+from tradeoff.runtime.structured import select_rows
 
 
 class EarlyExitOutput(NamedTuple):
@@ -264,7 +265,7 @@ class EarlyExitModel(nn.Module):
             if stay.size == 0:
                 return None
             alive = alive[stay]
-            x = x.index_select(0, torch.from_numpy(stay).to(x.device))
+            x = select_rows(x, torch.from_numpy(stay))  # a list/dict of tensors too (MSDNet)
             history = [h[stay] for h in history]
         return x, alive, history
 

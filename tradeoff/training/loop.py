@@ -382,7 +382,7 @@ def _objective(model: nn.Module) -> str:
     from tradeoff.models.adjoined import AdjoinedNet
     from tradeoff.models.sidenet import SideNet
 
-    if isinstance(model, SideNet):
+    if isinstance(model, SideNet) or getattr(model, "freeze_backbone", False):  # models.attach's SideNet
         return "sidenet"
     if isinstance(model, AdjoinedNet):
         return "adjoined"
@@ -456,6 +456,20 @@ def build_model(arch: str, dataset, *, arch_kwargs: dict | None = None, main: st
 def _build(arch: str, dataset, *, arch_kwargs, main, trust):
     from tradeoff.models import create_model
 
+    if arch == "scan":
+        from tradeoff.backbones import build_scan
+
+        return build_scan(dataset, dict(arch_kwargs or {}), trust=trust)
+    if arch == "sidenet" and ((arch_kwargs or {}).get("main_arch") or isinstance((arch_kwargs or {}).get("tap"), str)):
+        from tradeoff.backbones import load_main
+        from tradeoff.models.sidenet import sidenet_from_main
+
+        if main is None:
+            raise ValueError("--arch sidenet needs --main MAIN.pt, the trained MainNet checkpoint")
+        kwargs = dict(arch_kwargs)
+        loaded = load_main(main, main_arch=kwargs.pop("main_arch", None), trust=trust)
+        return sidenet_from_main(loaded.model, main_arch=loaded.arch, main_kwargs=loaded.arch_kwargs,
+                                 input_shape=tuple(dataset.input_shape), **kwargs)
     if arch == "sidenet":
         from tradeoff.models.sidenet import sidenet_from_main
 
