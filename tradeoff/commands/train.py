@@ -4,12 +4,17 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a multi-exit model (SCAN self-distillation, SideNet, Adjoined)")
+    p = sub.add_parser("train", help="train a multi-exit model (SCAN self-distillation, SideNet, Adjoined, DAN)")
     p.add_argument("--arch", required=True)
     p.add_argument("--data", default="digits")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt, tradeoff format)")
     p.add_argument("--main", help="frozen MainNet checkpoint (SideNet only)")
     p.add_argument("--width-fraction", type=float, help="small network's share of channels (Adjoined only; default 0.5)")
+    p.add_argument("--flops-target", type=float,
+                   help="DAN (dan_*) only: FLOPs of the small network to learn (default: AN's width-0.5 small network)")
+    p.add_argument("--width-choices", help="DAN only: candidate width fractions per layer (default 0.25,0.5,0.75,1.0)")
+    p.add_argument("--lambda-cost", type=float, help="DAN only: weight of the FLOPs term in the search loss (default 5)")
+    p.add_argument("--finetune-epochs", type=int, help="DAN only: epochs of AN training of the derived network (default 10)")
     p.add_argument("--tap", type=int, help="SideNet only: the side head reads layer<TAP>'s output (default: the middle layer)")
     p.add_argument("--epochs", type=int, help="default: 200 for CIFAR (the paper's schedule), 30 otherwise")
     p.add_argument("--batch-size", type=int, help="default: 128 for CIFAR, 64 otherwise")
@@ -22,9 +27,19 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+_DAN_FLAGS = ("flops_target", "width_choices", "lambda_cost", "finetune_epochs")
+
+
 def run(args) -> int:
-    """`tradeoff train`: parse-level settings -> `train_model`, then a one-line summary."""
+    """`tradeoff train`: parse-level settings -> `train_model` (or `train_dan`), then a one-line summary."""
     import torch
+
+    if args.arch.startswith("dan_"):
+        return _run_dan(args)
+    given = [f"--{name.replace('_', '-')}" for name in _DAN_FLAGS if getattr(args, name, None) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only for dan_* models "
+                         f"(Differentiable Adjoined Networks); got --arch {args.arch}")
 
     from tradeoff.training.loop import default_config, train_model
 
@@ -62,4 +77,53 @@ def run(args) -> int:
     shown = " / ".join(f"{a * 100:.2f}" for a in result.best_val_accuracy)
     print(f"saved {result.path} (epoch {result.best_epoch} of {result.epochs}, chosen on {result.selected_by}; "
           f"val accuracy per exit {shown}%) in {result.seconds:.1f} s")
+    return 0
+
+
+def _run_dan(args) -> int:
+    """`tradeoff train --arch dan_<family>`: parse-level settings -> `train_dan`, then a summary."""
+    import torch
+
+    from tradeoff.data import load_data
+    from tradeoff.training.dan import DANConfig, dan_family, train_dan
+    from tradeoff.training.loop import default_config
+
+    dan_family(args.arch)
+    if getattr(args, "width_fraction", None) is not None:
+        raise ValueError(f"--width-fraction is for adjoined_* models; --arch {args.arch} learns per-layer widths "
+                         "(use --flops-target and --width-choices)")
+    if getattr(args, "main", None) is not None or getattr(args, "tap", None) is not None:
+        raise ValueError(f"--main and --tap are for --arch sidenet; got --arch {args.arch}")
+    settings = {}
+    if args.width_choices is not None:
+        parts = [p.strip() for p in str(args.width_choices).split(",") if p.strip()]
+        try:
+            settings["width_choices"] = tuple(float(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"--width-choices must be comma-separated numbers in (0, 1] such as 0.25,0.5,0.75,1.0; "
+                             f"got {args.width_choices!r}") from None
+    for name in ("flops_target", "lambda_cost", "finetune_epochs"):
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    dan = DANConfig(**settings)
+    dataset = load_data(args.data, splits=("train", "val"))
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1; got {threads}")
+    if threads is None and not dataset.name.startswith("cifar"):
+        threads = 1  # small models: thread start-up costs more than the convolutions
+    if threads:
+        torch.set_num_threads(int(threads))
+    config = default_config(dataset.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            device=args.device)
+    if config.device != "cpu":
+        raise ValueError(f"--arch {args.arch} runs its search on the CPU only; got --device {config.device}")
+    result = train_dan(args.arch, args.data, args.out, config=config, dan=dan, dataset=dataset, log=print,
+                       progress=not getattr(args, "no_progress", False))
+    fine = result.finetune
+    shown = " / ".join(f"{a * 100:.2f}" for a in fine.best_val_accuracy)
+    widths = " ".join(f"{k}={v}" for k, v in result.small_widths.items())
+    print(f"saved {result.path} ({result.arch}, learned widths {widths}; small network {result.derived_flops:.4g} "
+          f"FLOPs = {result.derived_flops / result.flops_target:.3f} x target; val accuracy per exit {shown}%) "
+          f"in {result.search_seconds + result.finetune_seconds:.1f} s")
     return 0

@@ -469,6 +469,8 @@ def train_model(
     progress: bool = True,
     log=None,
     dataset=None,
+    init_state: dict | None = None,
+    checkpoint_extra: dict | None = None,
 ) -> TrainResult:
     """Train `arch` on the train split of `data`, keep the best deepest-exit val checkpoint.
 
@@ -483,6 +485,9 @@ def train_model(
         progress: show a tqdm bar on stderr.
         log: callable taking one line of progress text (default: none; `tradeoff train` prints them).
         dataset: an already loaded `tradeoff.data.Dataset` with train and val rows (tests).
+        init_state: a state_dict loaded (strictly) into the built model before training
+            (DAN's fine-tune of its derived network, `tradeoff.dan_search`).
+        checkpoint_extra: plain values stored in the checkpoint beside the training record.
 
     Returns:
         TrainResult with the best epoch's per-exit val accuracies.
@@ -516,6 +521,8 @@ def train_model(
     x_val, y_val = dataset.x[val_rows], dataset.y[val_rows]
 
     model, built_kwargs = build_model(arch, dataset, arch_kwargs=arch_kwargs, main=main, trust=trust, seed=config.seed)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     num_exits = check_model_fits(model, arch, dataset)
     device = torch.device(config.device)
     model.to(device)
@@ -563,7 +570,8 @@ def train_model(
             improved = accs[select] > best_acc
             if improved:
                 best_acc, best_epoch, best_val = accs[select], epoch, accs
-                _save(save_checkpoint, out, model, arch, built_kwargs, dataset, config, epoch, accs, selected_by)
+                _save(save_checkpoint, out, model, arch, built_kwargs, dataset, config, epoch, accs, selected_by,
+                      checkpoint_extra)
             shown = " ".join(f"{a * 100:5.1f}" for a in accs)
             log(f"epoch {epoch:3d}/{config.epochs}  loss {total / seen:.4f}  val acc per exit [{shown}]%"
                 + ("  * saved" if improved else ""))
@@ -578,9 +586,11 @@ def train_model(
     )
 
 
-def _save(save_checkpoint, out, model, arch, arch_kwargs, dataset, config, epoch, accs, selected_by) -> None:
+def _save(save_checkpoint, out, model, arch, arch_kwargs, dataset, config, epoch, accs, selected_by,
+          more=None) -> None:
     """Write the checkpoint atomically (save_checkpoint goes through fileio.atomic_open)."""
     extra = {
+        **(more or {}),
         "epoch": epoch,
         "val_accuracy": [float(a) for a in accs],
         "selected_by": selected_by,
