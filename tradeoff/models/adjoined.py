@@ -18,7 +18,7 @@ Per-layer widths (DAN, the paper's second half, `models/dan.py`): instead of one
 shortcut of the stage must agree, or the residual sums would not line up) and one per
 BasicBlock's inner convolution. The uniform default is the same network as before.
 
-As a cascade (training: `train.adjoined_loss`; CE on both + distillation of the small one
+As a cascade (training: `adjoined_loss`; CE on both + distillation of the small one
 from the detached large one) there are two exits: exit 1 = the small network, exit 2 =
 the large network. Both sections are identities, so exit 2's cumulative cost is small +
 large (the cascade ran both) and `baseline_flops` is the large network alone.
@@ -37,8 +37,31 @@ from torch.nn import functional as F
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import register_model
 from tradeoff.models.resnet import BasicBlock, PlainResNet
+from tradeoff.models.scan import DEFAULT_TEMPERATURE
 
-__all__ = ["AdjoinedNet", "WidthSlot", "adjoined_small", "adjoined_resnet18", "conv_plan", "small_width", "width_slots"]
+__all__ = ["AdjoinedNet", "WidthSlot", "adjoined_loss", "adjoined_small", "adjoined_resnet18", "conv_plan", "small_width", "width_slots"]
+
+def adjoined_loss(
+    logits: list[torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    distill_weight: float = 1.0,
+) -> torch.Tensor:
+    """Adjoined Networks' joint objective: CE(large) + CE(small) + w T^2 KL(large || small).
+
+    Args:
+        logits: [small (B, C), large (B, C)], the two exits of an adjoined network.
+        labels: (B,) int64.
+        temperature: T of the distillation.
+        distill_weight: w; the large network's logits are detached (it is the teacher).
+    """
+    small, large = logits
+    teacher = F.log_softmax(large.detach() / temperature, dim=1)
+    student = F.log_softmax(small / temperature, dim=1)
+    kl = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+    return F.cross_entropy(large, labels) + F.cross_entropy(small, labels) + distill_weight * temperature**2 * kl
+
 
 def small_width(channels: int, fraction: float) -> int:
     """Channels the small network keeps of a `channels`-wide layer (round half up, >= 1)."""
@@ -225,6 +248,11 @@ class AdjoinedNet(MultiExitNet):
             Stage(nn.Identity(), _Exit(self, "small_logits")),
             Stage(nn.Identity(), _Exit(self, "large_logits")),
         ]
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE,
+                      **_) -> torch.Tensor:
+        """AN's joint objective on one batch (`adjoined_loss`)."""
+        return adjoined_loss(self(x), y, temperature=temperature)
 
     def small_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.small.run(self.large, x)

@@ -200,11 +200,12 @@ def _search(supernet, x_train, y_train, config, dan: DANConfig, target: float, *
     """Joint training of weights and architecture parameters; returns the search wall seconds."""
     from tqdm import tqdm
 
-    from tradeoff.training.loop import _augment, _make_optimizer, adjoined_loss
+    from tradeoff.models.adjoined import adjoined_loss
+    from tradeoff.training.schedules import augment, make_optimizer
 
     n = len(y_train)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    w_opt, w_sched = _make_optimizer(supernet.weight_parameters(), config, steps_per_epoch)
+    w_opt, w_sched = make_optimizer(supernet.weight_parameters(), config, steps_per_epoch)
     a_opt = torch.optim.Adam(supernet.architecture_parameters(), lr=dan.arch_lr, betas=(0.5, 0.999))
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     aug_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -223,7 +224,7 @@ def _search(supernet, x_train, y_train, config, dan: DANConfig, target: float, *
             total = seen = 0.0
             for start in range(0, n, config.batch_size):
                 idx = order[start:start + config.batch_size]
-                xb = _augment(x_train[idx], config.augment, aug_gen)
+                xb = augment(x_train[idx], config.augment, aug_gen)
                 tau = dan.tau_start * (dan.tau_end / dan.tau_start) ** min(arch_step / arch_steps, 1.0)
                 probs = supernet.probabilities(tau, relaxation=dan.relaxation, generator=gumbel_gen)
                 loss = adjoined_loss(supernet(xb, probs), y_train[idx], temperature=config.temperature)
@@ -274,7 +275,9 @@ def train_dan(arch: str, data: str = "digits", out: str | os.PathLike = "model.p
     """
     from tradeoff.flops import exit_costs
     from tradeoff.models.dan import DANSupernet, check_width_choices, derive_widths, derived_network, small_width
-    from tradeoff.training.loop import _check_out_path, _validate_config, build_model, default_config, train_model
+    from tradeoff.training.build import build_model, check_out_path
+    from tradeoff.training.loop import train_model
+    from tradeoff.training.schedules import default_config, validate_config
 
     log = log or (lambda line: None)
     dan = dan or DANConfig()
@@ -284,13 +287,13 @@ def train_dan(arch: str, data: str = "digits", out: str | os.PathLike = "model.p
         raise ValueError(f"--finetune-epochs must be >= 1; got {dan.finetune_epochs}")
     if not (dan.lambda_cost >= 0 and math.isfinite(dan.lambda_cost)):
         raise ValueError(f"--lambda-cost must be a finite number >= 0; got {dan.lambda_cost}")
-    out = _check_out_path(out)
+    out = check_out_path(out)
     if dataset is None:
         from tradeoff.data import load_data
 
         dataset = load_data(data, splits=("train", "val"))
     config = config or default_config(dataset.name)
-    _validate_config(config)
+    validate_config(config)
     train_rows = dataset.split == "train"
     if not train_rows.any() or not (dataset.split == "val").any():
         raise ValueError(f"--data {dataset.spec} needs 'train' and 'val' rows for DAN")
