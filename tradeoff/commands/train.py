@@ -65,13 +65,16 @@ def run(args) -> int:
                          f"(Differentiable Adjoined Networks); got --arch {args.arch}")
     if ctx is None:
         return _train(args, None, None)
+    from tradeoff.training.loop import TrainingStepFailed
+
     with shard.process_group(ctx, args.device) as device:
         try:
             return _train(args, ctx, device)
         except (ValueError, TypeError, OSError, RuntimeError) as exc:
             print(f"tradeoff train: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
                   flush=True)
-            shard.barrier(ctx, device)
+            if not isinstance(exc, TrainingStepFailed):  # the others failed with it: let them all say why
+                shard.barrier(ctx, device)
             return 1
 
 

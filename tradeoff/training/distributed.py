@@ -135,7 +135,12 @@ def wrap_ddp(module: nn.Module, place: Placement) -> nn.Module:
     """DistributedDataParallel around `module` under torchrun; `module` itself alone."""
     if place.ctx is None:
         return module
+    import warnings
+
     from torch.nn.parallel import DistributedDataParallel
 
+    # A 1x1 convolution's gradient may come back with channels-last strides; DDP then copies
+    # it into its bucket and says so once per process. A performance note, not a problem.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ids = [place.device.index] if place.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)

@@ -49,6 +49,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) during training; the message says what was kept and how to resume."""
 
 
+class TrainingStepFailed(RuntimeError):
+    """A training step failed in THIS process only (the others may wait inside a collective,
+    so it must not wait for them: torchrun ends them once this process exits)."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a training run produced.
@@ -280,20 +285,17 @@ def train_model(
             aug_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
             total, seen = 0.0, 0
             for idx, draws, take in D.rank_batches(len(y_train), place, config.seed, epoch):
-                xb = augment(x_train[idx], config.augment, aug_gen, draws=draws, take=take).to(place.device)
-                loss = trainer(xb, y_train[idx].to(place.device))
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"training diverged at epoch {epoch} (loss {float(loss)}); lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    optimizer.step()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                try:
+                    xb = augment(x_train[idx], config.augment, aug_gen, draws=draws, take=take).to(place.device)
+                    loss = _step(trainer, xb, y_train[idx].to(place.device), optimizer, scaler, epoch)
+                except (ValueError, TypeError, RuntimeError) as exc:
+                    if dist is not None and isinstance(exc, torch.distributed.DistError):
+                        raise TrainingStepFailed(
+                            f"stopped during epoch {epoch}: another process of this job failed (its own line says "
+                            f"why); {_kept(kept, out, save_to, best)}") from None
+                    raise TrainingStepFailed(" ".join(str(exc).split()) or type(exc).__name__) from None
                 scheduler.step()
-                total += loss.item() * len(idx)
+                total += loss * len(idx)
                 seen += len(idx)
                 bar.update(1)
             total, seen = D.sum_across(place, [total, seen])
@@ -332,11 +334,31 @@ def train_model(
     )
 
 
-def _interrupted(kept: int, epochs: int, out: Path, save_to: Path, best: dict) -> str:
+def _step(trainer, xb, yb, optimizer, scaler, epoch: int) -> float:
+    """One optimizer step (DDP averages the gradients inside backward); returns the loss."""
+    loss = trainer(xb, yb)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"training diverged at epoch {epoch} (loss {float(loss)}); lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.item()
+
+
+def _kept(kept: int, out: Path, save_to: Path, best: dict) -> str:
     if kept == 0:
-        return f"interrupted during epoch 1 of {epochs}, before any epoch finished; nothing was kept"
-    return (f"interrupted during epoch {kept + 1} of {epochs}; kept {save_to} (the end of epoch {kept}) and {out} "
-            f"(best so far: epoch {best['epoch']}); continue with the same command plus --resume {save_to}")
+        return "no epoch had finished, so nothing was kept"
+    return (f"kept {save_to} (the end of epoch {kept}) and {out} (best so far: epoch {best['epoch']}); "
+            f"continue with the same command plus --resume {save_to}")
+
+
+def _interrupted(kept: int, epochs: int, out: Path, save_to: Path, best: dict) -> str:
+    return f"interrupted during epoch {kept + 1} of {epochs}; {_kept(kept, out, save_to, best)}"
 
 
 def _save(save_checkpoint, out, model, arch, arch_kwargs, dataset, config_dict, epoch, accs, more) -> None:
