@@ -264,3 +264,15 @@ def test_loss_ce_and_mean_selection(tmp_path, tiny):
 
     expected = sum(torch.nn.functional.cross_entropy(z, y) for z in model(x))
     assert torch.allclose(summed_cross_entropy(model(x), y), expected)
+
+
+def test_dan_searches_and_fine_tunes_under_torchrun(tmp_path):
+    proc = _torchrun(["train", "--arch", "dan_small", "--epochs", "2", "--finetune-epochs", "1", "--out", "d.pt",
+                      "--no-progress"], tmp_path)
+    code, out, err = _finish(proc, timeout=300)
+    assert code == 0, err[-2000:]
+    assert out.count("search epoch   2/2") == 1 and out.count("saved d.pt (adjoined_small") == 1  # rank 0 alone
+    loaded = load_checkpoint(tmp_path / "d.pt")
+    assert loaded.arch == "adjoined_small" and loaded.extra["world_size"] == 2
+    assert loaded.extra["dan"]["small_widths"] == loaded.model.small_widths
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pt"]

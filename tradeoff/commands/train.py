@@ -54,22 +54,19 @@ def run(args) -> int:
     from tradeoff.cache import shard
 
     ctx = shard.detect_torchrun()
-    if args.arch.startswith("dan_"):
-        if ctx is not None:
-            raise ValueError(f"--arch {args.arch}: DAN's architecture search runs in one process only; run it "
-                             "without torchrun, or train its derived adjoined_* network under torchrun")
-        return _run_dan(args)
+    dan = args.arch.startswith("dan_")
     given = [f"--{name.replace('_', '-')}" for name in _DAN_FLAGS if getattr(args, name, None) is not None]
-    if given:
+    if given and not dan:
         raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only for dan_* models "
                          f"(Differentiable Adjoined Networks); got --arch {args.arch}")
+    work = _run_dan if dan else _train
     if ctx is None:
-        return _train(args, None, None)
+        return work(args, None, None)
     from tradeoff.training.loop import TrainingStepFailed
 
     with shard.process_group(ctx, args.device) as device:
         try:
-            return _train(args, ctx, device)
+            return work(args, ctx, device)
         except (ValueError, TypeError, OSError, RuntimeError) as exc:
             print(f"tradeoff train: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
                   flush=True)
@@ -148,10 +145,8 @@ def _train(args, ctx, device) -> int:
     return 0
 
 
-def _run_dan(args) -> int:
+def _run_dan(args, ctx, device) -> int:
     """`tradeoff train --arch dan_<family>`: parse-level settings -> `train_dan`, then a summary."""
-    import torch
-
     from tradeoff.data import load_data
     from tradeoff.training.dan import DANConfig, dan_family, train_dan
     from tradeoff.training.loop import default_config
@@ -175,19 +170,17 @@ def _run_dan(args) -> int:
             settings[name] = getattr(args, name)
     dan = DANConfig(**settings)
     dataset = load_data(args.data, splits=("train", "val"))
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1; got {threads}")
-    if threads is None and not dataset.name.startswith("cifar"):
-        threads = 1  # small models: thread start-up costs more than the convolutions
-    if threads:
-        torch.set_num_threads(int(threads))
+    _set_threads(args, dataset, ctx)
     config = default_config(dataset.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             device=args.device)
     if config.device != "cpu":
         raise ValueError(f"--arch {args.arch} runs its search on the CPU only; got --device {config.device}")
-    result = train_dan(args.arch, args.data, args.out, config=config, dan=dan, dataset=dataset, log=print,
-                       progress=not getattr(args, "no_progress", False))
+    main = ctx is None or ctx.is_main
+    result = train_dan(args.arch, args.data, args.out, config=config, dan=dan, dataset=dataset,
+                       log=print if main else None, progress=main and not getattr(args, "no_progress", False),
+                       dist=ctx, dist_device=device)
+    if not main:
+        return 0
     fine = result.finetune
     shown = " / ".join(f"{a * 100:.2f}" for a in fine.best_val_accuracy)
     widths = " ".join(f"{k}={v}" for k, v in result.small_widths.items())

@@ -196,41 +196,60 @@ def repair_widths(supernet, widths: dict[str, int], target: float, tolerance: fl
     return {n: supernet.candidates[i][k] for i, (n, k) in enumerate(zip(names, index))}, repaired
 
 
-def _search(supernet, x_train, y_train, config, dan: DANConfig, target: float, *, progress: bool, log) -> float:
-    """Joint training of weights and architecture parameters; returns the search wall seconds."""
+class _SearchStep(torch.nn.Module):
+    """One search step's loss as a module, so DistributedDataParallel averages the gradients of
+    the weights AND the architecture parameters (every process draws the same Gumbel noise)."""
+
+    def __init__(self, supernet, config, dan: DANConfig, target: float) -> None:
+        super().__init__()
+        self.supernet, self.config, self.dan, self.target = supernet, config, dan, target
+
+    def forward(self, x, y, tau: float, searching: bool, generator):
+        from tradeoff.models.adjoined import adjoined_loss
+
+        probs = self.supernet.probabilities(tau, relaxation=self.dan.relaxation, generator=generator)
+        loss = adjoined_loss(self.supernet(x, probs), y, temperature=self.config.temperature)
+        expected = self.supernet.expected_flops(self.supernet.probabilities(1.0))
+        cost = self.dan.lambda_cost * (expected / self.target - 1.0) ** 2
+        return loss + cost if searching else loss + 0.0 * cost, expected.detach()
+
+
+def _search(supernet, x_train, y_train, config, dan: DANConfig, target: float, *, progress: bool, log,
+            place=None) -> float:
+    """Joint training of weights and architecture parameters; returns the search wall seconds.
+
+    Under torchrun (`place`) each process takes its share of every global batch, as
+    `training.loop` does (`training.distributed`).
+    """
+    import numpy as np
     from tqdm import tqdm
 
-    from tradeoff.models.adjoined import adjoined_loss
+    from tradeoff.training import distributed as D
     from tradeoff.training.schedules import augment, make_optimizer
 
+    place = place or D.Placement(None, torch.device("cpu"), config.batch_size)
     n = len(y_train)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    steps_per_epoch = len(D.rank_batches(n, place, config.seed, 1))
     w_opt, w_sched = make_optimizer(supernet.weight_parameters(), config, steps_per_epoch)
     a_opt = torch.optim.Adam(supernet.architecture_parameters(), lr=dan.arch_lr, betas=(0.5, 0.999))
-    shuffle_gen = torch.Generator().manual_seed(config.seed)
-    aug_gen = torch.Generator().manual_seed(config.seed + 1)
     gumbel_gen = torch.Generator().manual_seed(config.seed + 2)
+    step_module = D.wrap_ddp(_SearchStep(supernet, config, dan, target), place)
     warmup = min(dan.warmup_epochs, config.epochs - 1)  # at least one epoch searches
     arch_steps = max(1, (config.epochs - warmup) * steps_per_epoch)
     arch_step = 0
     started = time.perf_counter()
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="DAN search", unit="step", file=sys.stderr, leave=False,
-               disable=not (progress and sys.stderr.isatty()))
+               disable=not (progress and place.is_main and sys.stderr.isatty()))
     try:
         for epoch in range(1, config.epochs + 1):
             supernet.train()
             searching = epoch > warmup
-            order = torch.randperm(n, generator=shuffle_gen)
+            aug_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
             total = seen = 0.0
-            for start in range(0, n, config.batch_size):
-                idx = order[start:start + config.batch_size]
-                xb = augment(x_train[idx], config.augment, aug_gen)
+            for idx, draws, take in D.rank_batches(n, place, config.seed, epoch):
+                xb = augment(x_train[idx], config.augment, aug_gen, draws=draws, take=take)
                 tau = dan.tau_start * (dan.tau_end / dan.tau_start) ** min(arch_step / arch_steps, 1.0)
-                probs = supernet.probabilities(tau, relaxation=dan.relaxation, generator=gumbel_gen)
-                loss = adjoined_loss(supernet(xb, probs), y_train[idx], temperature=config.temperature)
-                expected = supernet.expected_flops(supernet.probabilities(1.0))
-                if searching:
-                    loss = loss + dan.lambda_cost * (expected / target - 1.0) ** 2
+                loss, expected = step_module(xb, y_train[idx], tau, searching, gumbel_gen)
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"DAN search diverged at epoch {epoch} (loss {float(loss)}); lower --lr")
                 w_opt.zero_grad(set_to_none=True)
@@ -244,8 +263,10 @@ def _search(supernet, x_train, y_train, config, dan: DANConfig, target: float, *
                 total += loss.item() * len(idx)
                 seen += len(idx)
                 bar.update(1)
+            total, seen = D.sum_across(place, [total, seen])
+            D.broadcast_buffers(place, supernet)
             log(f"search epoch {epoch:3d}/{config.epochs}  loss {total / seen:.4f}  tau {tau:.3f}  "
-                f"E[FLOPs] {float(expected.detach()) / 1e6:.3f} M (target {target / 1e6:.3f} M)"
+                f"E[FLOPs] {float(expected) / 1e6:.3f} M (target {target / 1e6:.3f} M)"
                 + ("" if searching else "  (warm-up: weights only)"))
     finally:
         bar.close()
@@ -253,7 +274,8 @@ def _search(supernet, x_train, y_train, config, dan: DANConfig, target: float, *
 
 
 def train_dan(arch: str, data: str = "digits", out: str | os.PathLike = "model.pt", *, config=None,
-              dan: DANConfig | None = None, progress: bool = True, log=None, dataset=None) -> DANResult:
+              dan: DANConfig | None = None, progress: bool = True, log=None, dataset=None, dist=None,
+              dist_device: str | None = None) -> DANResult:
     """DAN on `arch` = dan_<family>: search, derive, fine-tune, save an Adjoined checkpoint.
 
     Args:
@@ -265,6 +287,8 @@ def train_dan(arch: str, data: str = "digits", out: str | os.PathLike = "model.p
         progress: tqdm bars on a terminal.
         log: callable taking one line of progress text (default: none; `tradeoff train` prints them).
         dataset: an already loaded `Dataset` with train and val rows.
+        dist, dist_device: the torchrun context and this process's device, as for
+            `training.loop.train_model` (the search and the fine-tune both run data-parallel).
 
     Returns:
         DANResult.
@@ -279,6 +303,9 @@ def train_dan(arch: str, data: str = "digits", out: str | os.PathLike = "model.p
     from tradeoff.training.loop import train_model
     from tradeoff.training.schedules import default_config, validate_config
 
+    from tradeoff.cache.shard import step
+    from tradeoff.training import distributed as D
+
     log = log or (lambda line: None)
     dan = dan or DANConfig()
     family = dan_family(arch)
@@ -287,28 +314,33 @@ def train_dan(arch: str, data: str = "digits", out: str | os.PathLike = "model.p
         raise ValueError(f"--finetune-epochs must be >= 1; got {dan.finetune_epochs}")
     if not (dan.lambda_cost >= 0 and math.isfinite(dan.lambda_cost)):
         raise ValueError(f"--lambda-cost must be a finite number >= 0; got {dan.lambda_cost}")
-    out = check_out_path(out)
-    if dataset is None:
-        from tradeoff.data import load_data
+    with step(dist, dist_device or "cpu"):  # a bad setting fails every process together
+        if dist is None or dist.is_main:
+            out = check_out_path(out)
+        if dataset is None:
+            from tradeoff.data import load_data
 
-        dataset = load_data(data, splits=("train", "val"))
-    config = config or default_config(dataset.name)
-    validate_config(config)
-    train_rows = dataset.split == "train"
-    if not train_rows.any() or not (dataset.split == "val").any():
-        raise ValueError(f"--data {dataset.spec} needs 'train' and 'val' rows for DAN")
-    adjoined, _ = build_model(family, dataset, seed=config.seed)
-    supernet = DANSupernet(adjoined.large, choices)
-    if dan.flops_target is None:
-        target = supernet.cost.exact({s.name: small_width(s.channels, 0.5) for s in supernet.slots})
-    else:
-        target = float(dan.flops_target)
-    _check_target(supernet, target)
+            dataset = load_data(data, splits=("train", "val"))
+        config = config or default_config(dataset.name)
+        validate_config(config)
+        train_rows = dataset.split == "train"
+        if not train_rows.any() or not (dataset.split == "val").any():
+            raise ValueError(f"--data {dataset.spec} needs 'train' and 'val' rows for DAN")
+        world = 1 if dist is None else dist.world_size
+        place = D.Placement(dist, torch.device(dist_device or config.device),
+                            D.per_rank_batch(config.batch_size, world, int(train_rows.sum())))
+        adjoined, _ = build_model(family, dataset, seed=config.seed)
+        supernet = DANSupernet(adjoined.large, choices)
+        if dan.flops_target is None:
+            target = supernet.cost.exact({s.name: small_width(s.channels, 0.5) for s in supernet.slots})
+        else:
+            target = float(dan.flops_target)
+        _check_target(supernet, target)
     log(f"DAN on {family}: {len(supernet.slots)} width slots x choices {','.join(f'{f:g}' for f in choices)}, "
         f"target {target:.4g} FLOPs")
     x_train = torch.as_tensor(dataset.x[train_rows])
     y_train = torch.as_tensor(dataset.y[train_rows])
-    search_seconds = _search(supernet, x_train, y_train, config, dan, target, progress=progress, log=log)
+    search_seconds = _search(supernet, x_train, y_train, config, dan, target, progress=progress, log=log, place=place)
 
     widths, repaired = repair_widths(supernet, derive_widths(supernet), target, dan.tolerance)
     derived = derived_network(supernet, widths)
@@ -341,7 +373,7 @@ def train_dan(arch: str, data: str = "digits", out: str | os.PathLike = "model.p
     fine = replace(config, epochs=dan.finetune_epochs, lr=config.lr * dan.finetune_lr_scale)
     result = train_model(family, dataset.spec, out, arch_kwargs={"small_widths": dict(widths)}, config=fine,
                          progress=progress, log=log, dataset=dataset, init_state=derived.state_dict(),
-                         checkpoint_extra={"dan": record})
+                         checkpoint_extra={"dan": record}, dist=dist, dist_device=dist_device)
     return DANResult(
         path=result.path, arch=family, small_widths=dict(widths), width_fractions=fractions,
         probabilities=record["architecture_probabilities"], candidates=record["candidates"], flops_target=target,
