@@ -11,7 +11,11 @@ here it is tested for its conversion and its refusal on the CPU.)
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -26,9 +30,6 @@ from tradeoff.training.distributed import per_rank_batch, use_sync_batchnorm
 from tradeoff.training.loop import TrainingInterrupted, train_model
 from tradeoff.training.resume import resume_path
 from tradeoff.training.schedules import TrainConfig
-
-import subprocess
-import sys
 
 
 def _torchrun(args, cwd, nproc=2, extra_env=None) -> subprocess.Popen:
@@ -276,3 +277,21 @@ def test_dan_searches_and_fine_tunes_under_torchrun(tmp_path):
     assert loaded.arch == "adjoined_small" and loaded.extra["world_size"] == 2
     assert loaded.extra["dan"]["small_widths"] == loaded.model.small_widths
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pt"]
+
+
+def test_ctrl_c_says_which_epoch_was_kept_and_how_to_resume(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "tradeoff", "train", "--arch", "scan_small", "--epochs", "40",
+                             "--out", "m.pt", "--no-progress"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "m.resume.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = _finish(proc, timeout=120)
+    assert code == 130, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("tradeoff train: interrupted during epoch ")
+    kept = int(lines[0].split("(the end of epoch ")[1].split(")")[0])
+    assert kept >= 1 and "continue with the same command plus --resume m.resume.pt" in lines[0]
+    assert torch.load(tmp_path / "m.resume.pt", weights_only=True)["epoch"] == kept

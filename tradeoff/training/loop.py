@@ -1,6 +1,6 @@
 """`tradeoff train`: train a multi-exit network the way its paper does, in one process or many.
 
-The objective belongs to the model family (`model.training_loss`: SCAN self-distillation in
+The objective (`training.objective`) belongs to the model family (`model.training_loss`: SCAN self-distillation in
 `models/scan.py`, AN's joint loss in `models/adjoined.py`, SideNet's side-head cross-entropy
 in `models/sidenet.py`); `TrainConfig.loss` may replace it by SCAN's self-distillation or by
 the plain summed cross-entropy for any multi-exit model. This loop only calls it.
@@ -20,7 +20,6 @@ the test split is never loaded here. After every epoch rank 0 also writes the re
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from torch import nn
 from tradeoff.cache.shard import step
 from tradeoff.training import distributed as D
 from tradeoff.training.build import build_model, check_model_fits, check_out_path
+from tradeoff.training.objective import Objective, objective_name
 from tradeoff.training.resume import identity, load_resume, resume_path, save_resume
 from tradeoff.training.schedules import (  # noqa: F401 - TrainConfig, default_config: this module's public API
     SMALL_CONFIG,
@@ -83,46 +83,6 @@ class TrainResult:
     trainable_params: int = 0
     selected_by: str = "mean val accuracy over exits"
     extra: dict = field(default_factory=dict)
-
-
-def objective_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """The loss of one batch under `config.loss` (see `TrainConfig`)."""
-    from tradeoff.models.base import summed_cross_entropy
-    from tradeoff.models.scan import scan_loss
-
-    settings = {"temperature": config.temperature, "alpha": config.alpha, "hint_weight": config.hint_weight}
-    if config.loss == "family" and hasattr(model, "training_loss"):
-        return model.training_loss(x, y, **settings)
-    if config.loss == "ce":
-        return summed_cross_entropy(list(model(x)), y)
-    # "scan", and a user's own model without a training_loss: SCAN's self-distillation.
-    if config.hint_weight > 0 and hasattr(model, "forward_with_features"):
-        logits, features = model.forward_with_features(x)
-    else:
-        logits, features = model(x), None
-    return scan_loss(list(logits), features, y, **settings)
-
-
-def objective_name(model: nn.Module, config: TrainConfig) -> str:
-    if config.loss == "ce":
-        return "summed cross-entropy"
-    if config.loss == "family" and hasattr(model, "training_loss"):
-        return f"{type(model).__name__}.training_loss"
-    return "SCAN self-distillation"
-
-
-class _Objective(nn.Module):
-    """The model and its objective as one module, so DDP's forward runs the whole loss."""
-
-    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
-        super().__init__()
-        self.model = model
-        self.config = config
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        amp = torch.autocast("cuda", dtype=torch.float16) if self.config.amp else contextlib.nullcontext()
-        with amp:
-            return objective_loss(self.model, x, y, self.config)
 
 
 @torch.no_grad()
@@ -268,7 +228,7 @@ def train_model(
             if best["epoch"] and place.is_main and not out.is_file():
                 raise FileNotFoundError(f"--resume {resume}: the best checkpoint so far ({out}, epoch {best['epoch']}) "
                                         "is missing; resume with the interrupted run's --out")
-    objective = _Objective(model, config)
+    objective = Objective(model, config)
     trainer = D.wrap_ddp(objective, place)
     select = -1 if config.select == "deepest" else slice(None)
     selected_by = "deepest-exit val accuracy" if config.select == "deepest" else "mean val accuracy over exits"
@@ -305,18 +265,18 @@ def train_model(
             loss_history.append(total / seen)
             score = float(np.mean(accs[select]))
             improved = score > best["score"]
-            if improved:
-                best = {"score": score, "epoch": epoch, "val": list(accs)}
+            now_best = {"score": score, "epoch": epoch, "val": list(accs)} if improved else best
             with step(dist, device_name):  # rank 0 writes; a failed write stops every rank
                 if place.is_main:
                     if improved:
                         _save(save_checkpoint, out, model, arch, built_kwargs, dataset, config_dict, epoch, accs,
                               {**(checkpoint_extra or {}), **record})
                     save_resume(save_to, who=who, epoch=epoch, model=model, optimizer=optimizer,
-                                scheduler=scheduler, scaler=scaler, best=best, val_history=val_history,
+                                scheduler=scheduler, scaler=scaler, best=now_best, val_history=val_history,
                                 loss_history=loss_history, world_size=world,
                                 seconds=seconds_before + time.perf_counter() - started)
-            kept = epoch
+                # at once: an interrupt must name what the files on disk hold
+                best, kept = now_best, epoch
             shown = " ".join(f"{a * 100:5.1f}" for a in accs)
             log(f"epoch {epoch:3d}/{config.epochs}  loss {total / seen:.4f}  val acc per exit [{shown}]%"
                 + ("  * saved" if improved else ""))
