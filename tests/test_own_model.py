@@ -130,7 +130,7 @@ def test_train_sidenet_on_bare_mainnet_then_cache(tmp_path, digits):
     out = tmp_path / "side.pt"
     result = train_model("sidenet", out=out, arch_kwargs={"main_arch": "own_models:tiny_resnet", "tap": "layer2.0"},
                          main=main_path, config=_config(digits), dataset=digits, progress=False)
-    assert result.extra["objective"] == "sidenet" and result.selected_by == "side-head val accuracy"
+    assert result.extra["objective"] == "AttachedNet.training_loss" and result.selected_by == "mean val accuracy over exits"
     loaded = load_checkpoint(out)
     assert isinstance(loaded.model, AttachedNet) and loaded.arch_kwargs["tap"] == "layer2.0"
     outcome = cache_checkpoint(out, tmp_path / "cache.npz", data="digits")

@@ -14,16 +14,10 @@ import torch
 from tradeoff.checkpoint import load_checkpoint
 from tradeoff.commands import main
 from tradeoff.data import load_data
-from tradeoff.training.loop import (
-    TrainConfig,
-    adjoined_loss,
-    default_config,
-    exit_accuracies,
-    random_crop_flip,
-    random_shift,
-    scan_loss,
-    train_model,
-)
+from tradeoff.models.adjoined import adjoined_loss
+from tradeoff.models.scan import scan_loss
+from tradeoff.training.loop import exit_accuracies, train_model
+from tradeoff.training.schedules import TrainConfig, default_config, random_crop_flip, random_shift
 
 
 def _softmax(z):
@@ -119,8 +113,8 @@ def test_crop_flip_and_shift_move_pixels_without_changing_shape():
 # --------------------------------------------------------------------------- training
 def test_scan_small_training_lowers_the_loss_and_keeps_the_best_val_epoch(tmp_path, tiny_digits):
     out = tmp_path / "new" / "dir" / "model.pt"  # missing directories are created
-    result = train_model("scan_small", out=out, config=_config(epochs=4), dataset=tiny_digits, progress=False,
-                         log=lambda line: None)
+    result = train_model("scan_small", out=out, config=_config(epochs=4, select="deepest"), dataset=tiny_digits,
+                         progress=False, log=lambda line: None)
     assert result.loss_history[-1] < result.loss_history[0]
     deepest = [acc[-1] for acc in result.val_history]
     assert result.best_epoch == int(np.argmax(deepest)) + 1  # first epoch with the best deepest-exit val acc

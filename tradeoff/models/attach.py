@@ -150,6 +150,7 @@ class AttachedNet(MultiExitNet):
         self.backbone = backbone
         self.taps = taps
         self.input_shape = tuple(input_shape)
+        self.head_kind = head
         self.freeze_backbone = bool(freeze_backbone)
         gm = trace(backbone, taps, what="backbone")
         cls_node, classifier = _classifier(gm, backbone)
@@ -186,6 +187,19 @@ class AttachedNet(MultiExitNet):
 
     def stages(self) -> list[Stage]:
         return list(self._stage_list)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, **settings) -> torch.Tensor:
+        """The family's objective: SideNet's (cross-entropy of the side head, the MainNet frozen)
+        with a frozen backbone; SCAN's self-distillation (`models.scan.scan_loss`, no feature
+        hint: a foreign backbone has no SCAN features) with SCAN heads; else every exit's
+        cross-entropy, summed."""
+        if self.freeze_backbone:
+            return nn.functional.cross_entropy(self.side_logits(x), y)
+        if self.head_kind == "scan":
+            from tradeoff.models.scan import scan_loss
+
+            return scan_loss(list(self(x)), None, y, **settings)
+        return super().training_loss(x, y, **settings)
 
     def side_logits(self, x: torch.Tensor) -> torch.Tensor:
         """SideNet training: exit 1 only; the frozen MainNet prefix runs without a graph."""

@@ -4,8 +4,8 @@ The parameter layout is the official code's, key for key (top-level `conv1, bn1,
 layer1..4, attention1..3, scala1..3, fc1..fc4`, Sequential indices included), so an
 official `bestmodel.pth` state_dict loads with `strict=True`. The official `forward`
 returns `[out4, out3, out2, out1], feature_loss`; ours returns the exits shallow -> deep
-(the contract of `MultiExitNet`) and leaves the feature-hint loss to the trainer, which
-gets the features from `forward_with_features`.
+(the contract of `MultiExitNet`) and computes the feature-hint loss in its training
+objective (`scan_loss`, `ScanResNet.training_loss`) from `forward_with_features`.
 
 `ScanResNet` is also the shared constructor of `scan_small` (models/small.py): the same
 design sized by `widths`, `strides`, `scala_kernels` and `pool`.
@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.models.registry import register_model
@@ -31,7 +32,60 @@ __all__ = [
     "scan_resnet50",
     "scan_resnet101",
     "scan_resnet152",
+    "scan_loss",
 ]
+
+# Feature-hint weight. DESIGN.md: squared distance of each shallow feature to the detached
+# deepest one. We take the per-sample squared L2 distance, averaged over the batch and summed
+# over the shallow exits. SCAN's code weights an (unsquared) batch-level distance by 0.03;
+# with squared distances of post-ReLU features (hundreds for 512-d ResNet features) a much
+# smaller weight keeps the hint a small fraction of the loss, as in the paper.
+DEFAULT_HINT_WEIGHT = 1e-4
+DEFAULT_TEMPERATURE = 3.0
+DEFAULT_ALPHA = 0.5
+
+
+def scan_loss(
+    logits: list[torch.Tensor],
+    features: list[torch.Tensor] | None,
+    labels: torch.Tensor,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    alpha: float = DEFAULT_ALPHA,
+    hint_weight: float = DEFAULT_HINT_WEIGHT,
+) -> torch.Tensor:
+    """SCAN's self-distillation objective for one batch.
+
+    loss = CE(z_K, y) + sum_{k<K} [(1 - alpha) CE(z_k, y)
+                                   + alpha T^2 * mean_n(-sum_c p_K,T log p_k,T)]
+           + hint_weight * sum_{k<K} mean_n ||f_k - f_K||^2
+    where p_{k,T} = softmax(z_k / T) and the deepest exit's z_K and f_K are detached
+    (the teacher learns only from the labels).
+
+    Args:
+        logits: K tensors (B, C), shallow -> deep.
+        features: K tensors (B, D) (flattened pre-fc features) or None to skip the hint.
+        labels: (B,) int64.
+        temperature: T of the soft targets.
+        alpha: lambda, the weight of distillation against CE on shallow exits.
+        hint_weight: weight of the feature-hint term (0 disables it).
+
+    Returns:
+        Scalar tensor.
+    """
+    deepest = logits[-1]
+    loss = F.cross_entropy(deepest, labels)
+    if len(logits) == 1:
+        return loss
+    teacher = F.softmax(deepest.detach() / temperature, dim=1)
+    for student in logits[:-1]:
+        soft_ce = -(teacher * F.log_softmax(student / temperature, dim=1)).sum(dim=1).mean()
+        loss = loss + (1.0 - alpha) * F.cross_entropy(student, labels) + alpha * temperature**2 * soft_ce
+    if features is not None and hint_weight > 0:
+        target = features[-1].detach()
+        for feat in features[:-1]:
+            loss = loss + hint_weight * (feat - target).pow(2).sum(dim=1).mean()
+    return loss
 
 
 def _attention(channels: int) -> nn.Sequential:
@@ -159,6 +213,15 @@ class ScanResNet(MultiExitNet):
     def stages(self) -> list[Stage]:
         """K `Stage(section, head)`: section 1 = conv1, bn1, ReLU, layer1; section i = layer_i."""
         return list(self._stage_list)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE,
+                      alpha: float = DEFAULT_ALPHA, hint_weight: float = DEFAULT_HINT_WEIGHT, **_) -> torch.Tensor:
+        """SCAN's objective on one batch (`scan_loss`, with the feature hint when hint_weight > 0)."""
+        if hint_weight > 0:
+            logits, features = self.forward_with_features(x)
+        else:
+            logits, features = self(x), None
+        return scan_loss(logits, features, y, temperature=temperature, alpha=alpha, hint_weight=hint_weight)
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Every exit's logits and the feature each was computed from, both shallow -> deep.

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tradeoff.models.attach import AttachedNet
 from tradeoff.models.base import MultiExitNet, Stage
@@ -96,6 +97,10 @@ class SideNet(MultiExitNet):
 
     def stages(self) -> list[Stage]:
         return list(self._stage_list)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, **_) -> torch.Tensor:
+        """SideNet's objective: cross-entropy of the side head alone (the MainNet is frozen)."""
+        return F.cross_entropy(self.side_logits(x), y)
 
     def side_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Exit 1 only; the frozen MainNet part runs without building a graph."""
