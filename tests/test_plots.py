@@ -115,7 +115,7 @@ def test_plot_command_redraws_from_the_files(result, tmp_path, capsys):
     for name in ("pareto.png", "exits.png"):
         assert (run / name).read_bytes().startswith(PNG_MAGIC)
     assert "wrote" in capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 @pytest.mark.parametrize(

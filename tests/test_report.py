@@ -90,7 +90,7 @@ def test_write_run_replaces_a_run_whole_and_leaves_no_temporaries(results, tmp_p
     report.write_run(out, b)
     assert sorted(p.name for p in out.iterdir()) == ["pareto.csv", "summary.json", "thresholds.json"]
     assert (out / "pareto.csv").read_text() == report.pareto_csv(b)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_a_failing_writer_leaves_the_old_run_untouched(results, tmp_path):
@@ -106,7 +106,7 @@ def test_a_failing_writer_leaves_the_old_run_untouched(results, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         report.write_run(out, b, extra=[broken])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_concurrent_writers_never_mix_files(results, tmp_path):
@@ -138,7 +138,7 @@ def test_concurrent_writers_never_mix_files(results, tmp_path):
     pairs = set(expected.values())
     assert ((out / "pareto.csv").read_text(), (out / "thresholds.json").read_text()) in pairs
     assert all(pair in pairs for pair in seen)  # every read saw one complete run
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_write_run_refuses_a_file_as_out(results, tmp_path):
@@ -219,4 +219,4 @@ def test_rename_aside_path_also_replaces_whole_runs(results, tmp_path, monkeypat
     (out / "stray.txt").write_text("old")
     report.write_run(out, b)
     assert (out / "pareto.csv").read_text() == report.pareto_csv(b) and not (out / "stray.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

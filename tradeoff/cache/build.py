@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tradeoff.cache import shard
 from tradeoff.cache.format import ExitCache, load_cache, make_meta, validate_cache, write_cache
 from tradeoff.errors import first_line, is_integer
+from tradeoff.fileio import output_stamp
 
 LOGITS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Meta fields that may differ between runs that produced the same cache.
@@ -332,6 +333,9 @@ def cache_checkpoint(
             "logits_dtype": logits_dtype,
             "splits": sorted(splits_present(dataset)),
         }
+        # What is at `path` now: if another process writes it before we do, ours is not saved
+        # (two `tradeoff cache` runs into one file used to both report success, the last winning).
+        expect = output_stamp(path)
         existing = existing_cache(path, key, ckpt=ckpt, log=log if main else None)
         if existing is None:
             rows = [(0, len(dataset))] if ctx is None else shard.rank_rows(len(dataset), batch_size, ctx.world_size)
@@ -358,7 +362,17 @@ def cache_checkpoint(
         cache = build_cache(model, dataset, costs, batch_size=batch_size, device=run_on,
                             logits_dtype=logits_dtype, progress=True, meta=meta)
         seconds = time.perf_counter() - started
-        write_cache(path, cache)
+        try:
+            write_cache(path, cache, expect=expect)
+        except FileExistsError:
+            # Another process wrote `path` meanwhile: fine if it is this very cache, else we lost the race.
+            try:
+                same = existing_cache(path, key, ckpt=ckpt) if path.is_file() else None
+            except ValueError:
+                same = None
+            if same is None:
+                raise
+            return CacheOutcome(path, same, reused=True, seconds=0.0, world_size=1, data_name=dataset.name)
         return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=1, data_name=dataset.name)
     busy = sum(stop > start for start, stop in rows)
     if main and busy < ctx.world_size:
@@ -377,7 +391,7 @@ def cache_checkpoint(
         if main:
             costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
             cache = assemble_cache(logits, dataset, costs, model=model, meta=meta)
-            write_cache(path, cache)
+            write_cache(path, cache, expect=expect)
     return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=world, data_name=dataset.name)
 
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from tradeoff.commands.common import add_command, prepare_output, progress_enabled, si_int
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="real early-exit inference with chosen thresholds; measured latency")
+    p = add_command(
+        sub, "run", help="real early-exit inference with chosen thresholds; measured latency",
+        description="Apply a run's thresholds.json to its model for real on the test split: each sample stops at "
+                    "the first confident exit; reports accuracy, where samples left, and measured latency against "
+                    "the original single-exit network, and writes the measurements as JSON.",
+        examples="tradeoff run --ckpt results/demo/model.pt --thresholds results/demo-acc0.78/thresholds.json\n"
+                 "tradeoff run --ckpt model.pt --thresholds results/x/thresholds.json --batch-size 64 --compiled",
+    )
     p.add_argument("--ckpt", required=True, help="the checkpoint the thresholds were searched for")
     p.add_argument("--thresholds", required=True, help="results/<run>/thresholds.json")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
@@ -14,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="data whose test split is run (default: the checkpoint's, else digits)")
     p.add_argument("--cache", help="the cache the thresholds came from: checked by sha256, and the runtime's "
                                    "exits compared with the exit rule on its test logits")
-    p.add_argument("--batch-size", type=int, default=1, help="samples per forward call (default 1: deployment latency)")
+    p.add_argument("--batch-size", type=si_int, default=1, help="samples per forward call (default 1: deployment latency)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes over the split; the median is reported")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: batch-1 latency is steadiest on one core)")
@@ -47,6 +57,8 @@ def run(args) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1; got {args.threads}")
     torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
+    expect = prepare_output(out)  # before the model runs: a read-only folder fails now
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
     K = len(model_stages(loaded.model))
     cache_sha = None
@@ -66,9 +78,8 @@ def run(args) -> int:
     compiled = bool(getattr(args, "compiled", False))
     runner = EarlyExitModel(loaded.model, tf.rule, compiled=compiled)
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
-                              batch_size=args.batch_size, repeats=args.repeats, progress=True)
+                              batch_size=args.batch_size, repeats=args.repeats, progress=progress_enabled(args))
     agreement = cache_agreement(args.cache, tf.rule, data.y, report) if args.cache else None
-    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
     doc = report_document(
         report,
         batch_size=args.batch_size,
@@ -89,7 +100,7 @@ def run(args) -> int:
         cache_agreement=agreement,
         torch_version=torch.__version__,
     )
-    write_json_atomic(out, doc)
+    write_json_atomic(out, doc, expect=expect)
     print(report_table(report, tf.thresholds, search_test=tf.test))
     if agreement is not None:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "

@@ -7,22 +7,42 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from tradeoff.commands.common import add_command, prepare_output, si_int, si_number, warn
 from tradeoff.commands.defaults import default_run_dir, newest_cache
+
+# Below this, --max-drop (percentage points) was most likely meant as a fraction: 0.005 for half a point.
+MAX_DROP_WARN_BELOW = 0.1
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("search", help="find per-exit thresholds (NSGA-II) and the accuracy-cost Pareto front")
-    p.add_argument("--cache", help="cache file (default: the newest under results/cache/)")
+    p = add_command(
+        sub, "search", help="find per-exit thresholds (NSGA-II) and the accuracy-cost Pareto front",
+        description="Search per-exit confidence thresholds on a cache's val split (NSGA-II, with the global, "
+                    "MSDNet, random and grid baselines drawn for comparison), pick one point, report it on test, "
+                    "and write results/<run>/ (thresholds.json, pareto.csv, summary.json, pareto.png, exits.png). "
+                    "Accuracies are fractions (0.78); --max-drop is in percentage points (0.5 = half a point).",
+        examples="tradeoff search --target-acc 0.78\n"
+                 "tradeoff search --cache results/demo/cache.npz --max-drop 0.5 --out results/demo-drop\n"
+                 "tradeoff search --budget-flops 300M --method grid\n"
+                 "tradeoff search --target-acc 0.78 | head -3",
+    )
+    p.add_argument("--cache", help="cache file (default: the newest under results/cache/ or results/*/cache.npz, "
+                                   "e.g. the demo's)")
     pick = p.add_mutually_exclusive_group()
-    pick.add_argument("--target-acc", type=float, help="cheapest point with val accuracy >= this (0, 1]")
-    pick.add_argument("--max-drop", type=float, help="val accuracy within this many percentage points of the deepest exit")
-    pick.add_argument("--budget-flops", type=float, help="most accurate point costing at most this many FLOPs")
+    pick.add_argument("--target-acc", type=float, help="cheapest point with val accuracy >= this fraction in (0, 1], e.g. 0.78")
+    pick.add_argument("--max-drop", type=float,
+                      help="cheapest point with val accuracy within this many percentage points of the deepest exit "
+                           "(0.5 = half a point, i.e. 0.005 of accuracy)")
+    pick.add_argument("--budget-flops", type=si_number,
+                      help="most accurate point costing at most this many FLOPs per sample (fvcore count; 3e8 or 300M)")
     p.add_argument("--method", default="nsga", help="nsga | global | msdnet | random | grid (all are drawn)")
-    p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy"))
+    p.add_argument("--confidence", default="maxprob", choices=("maxprob", "margin", "entropy"),
+                   help="how sure an exit is: top softmax probability, top-1 minus top-2, or 1 - normalised "
+                        "entropy (default maxprob)")
     p.add_argument("--ensemble", action="store_true", help="exit k answers with the mean softmax of exits 1..k")
     p.add_argument("--calibrate", action="store_true", help="fit per-exit temperatures on val")
-    p.add_argument("--pop", type=int, default=100, help="NSGA-II population size (>= 4; default 100)")
-    p.add_argument("--gens", type=int, default=100, help="NSGA-II generations (>= 1; default 100)")
+    p.add_argument("--pop", type=si_int, default=100, help="NSGA-II population size (>= 4; default 100)")
+    p.add_argument("--gens", type=si_int, default=100, help="NSGA-II generations (>= 1; default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the search, random search and bootstrap (default 0)")
     p.add_argument("--restarts", type=int, default=1, help="independently seeded NSGA-II runs, fronts merged")
     p.add_argument("--jobs", type=int, default=1, help="processes for --restarts (results do not depend on it)")
@@ -38,11 +58,19 @@ def run(args) -> int:
     from tradeoff.search.run import Pick, run_search
 
     pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops)
+    if args.max_drop is not None and 0 < args.max_drop < MAX_DROP_WARN_BELOW:
+        warn("search", f"--max-drop {args.max_drop:g} is in percentage points: {args.max_drop:g} points = "
+                       f"{args.max_drop / 100:g} of accuracy; for half a point give --max-drop 0.5")
     if args.cache:
         cache_path = Path(args.cache)
     else:
         cache_path, count = newest_cache()
         print(f"using cache {cache_path} (newest of {count})")
+    if not cache_path.is_file():
+        raise FileNotFoundError(f"--cache {cache_path} does not exist; run `tradeoff cache` or pass an existing cache")
+    out = Path(args.out) if args.out else default_run_dir(cache_path, pick.label)
+    expect = prepare_output(out, directory=True)
+    replaced = _run_cache(out)
     t0 = time.perf_counter()
     cache = load_cache(cache_path)
     load_seconds = time.perf_counter() - t0
@@ -61,15 +89,27 @@ def run(args) -> int:
         cache_path=cache_path,
     )
     result = replace(result, timings={"load": load_seconds, **result.timings})
-    out = Path(args.out) if args.out else default_run_dir(cache_path, pick.label)
     extra = []
     if not getattr(args, "no_plots", False):
         from tradeoff.report import plots
 
         extra.append(lambda run_dir: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir))
-    report.write_run(out, result, extra=extra)
+    report.write_run(out, result, extra=extra, expect=expect)
     print(report.summary_text(result))
     written = ", ".join([report.THRESHOLDS_FILE, report.PARETO_FILE, report.SUMMARY_FILE] + ([] if not extra else ["pareto.png", "exits.png"]))
     print(f"\nwrote {out}/ ({written})")
+    if replaced is not None and Path(replaced).resolve() != cache_path.resolve():
+        print(f"note: this replaced the run that was in {out}/, searched on another cache ({replaced})")
     sys.stdout.flush()
     return 0
+
+
+def _run_cache(run_dir: Path) -> str | None:
+    """The cache path recorded by the run in `run_dir` (absolute, or relative to the run), if any."""
+    import json
+
+    try:
+        recorded = json.loads((run_dir / "thresholds.json").read_text(encoding="utf-8")).get("cache")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(run_dir / recorded) if isinstance(recorded, str) else None

@@ -8,7 +8,7 @@ nothing. Two promises hold for the files of one run directory:
   shortest string that reads back to the same double), so the same cache, settings and
   seed give byte-identical files. Timings live in `summary.json` only.
 * Whole runs: a run is written into a temporary sibling directory and swapped into place
-  under an exclusive `fcntl.flock` on `<out>.lock`, so a reader holding the shared lock
+  under an exclusive `fcntl.flock` on the parent folder, so a reader holding the shared lock
   sees the old complete run or the new complete one, never a mix (see `write_run`).
 
 `format_table` is the project's one terminal-table formatter; every command's summary
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from tradeoff import __version__
-from tradeoff.fileio import pid_alive, sibling_tempdir, write_json_atomic, write_text_atomic
+from tradeoff.fileio import ANY, ensure_unchanged, pid_alive, sibling_tempdir, write_json_atomic, write_text_atomic
 
 THRESHOLDS_FILE = "thresholds.json"
 PARETO_FILE = "pareto.csv"
@@ -345,22 +345,23 @@ def summary_text(result) -> str:
 # --------------------------------------------------------------------------- run directory
 @contextlib.contextmanager
 def run_lock(out: str | os.PathLike, *, shared: bool = False) -> Iterator[None]:
-    """Hold `fcntl.flock` on `<out>.lock`: exclusive to replace a run, shared to read one.
+    """Hold `fcntl.flock` on the folder that holds `out`: exclusive to replace a run, shared to read one.
 
-    Readers only lock when the lock file exists (a run never written by this tool has
-    none), so reading never creates files.
+    The lock is the parent directory itself, not a `<out>.lock` file: a lock file can never
+    be removed safely (a waiter would hold a lock on the unlinked file while a newcomer
+    locks a new one), so every run used to leave an empty one behind. The cost is that
+    runs in one folder replace one at a time, which takes milliseconds (only the swap is
+    locked). Reading never creates anything; a missing folder is not locked.
     """
     out = Path(out)
-    lock_path = out.parent / f"{out.name}.lock"
-    if shared:
-        try:
-            fd = os.open(lock_path, os.O_RDONLY)
-        except FileNotFoundError:
-            yield
-            return
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not shared:
+        parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(parent, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
@@ -373,6 +374,7 @@ def write_run(
     result,
     *,
     extra: Sequence[Callable[[Path], None]] = (),
+    expect=ANY,
 ) -> Path:
     """Write a whole run directory, replacing any previous run at `out` as one step.
 
@@ -383,11 +385,17 @@ def write_run(
     new directory renamed to `out`; the old run is then removed. If anything fails
     before the swap, the temporary directory is removed and `out` is untouched.
 
+    Args:
+        expect: `tradeoff.fileio.output_stamp(out)` from when the search started: if another
+            process replaced `out` since, this run is not swapped in (FileExistsError) - the
+            later of two concurrent writers fails instead of both reporting success.
+
     Returns:
         The run directory `out`.
 
     Raises:
         PermissionError / OSError: with the path, if the directory cannot be written.
+        FileExistsError: `out` changed since `expect`.
     """
     out = Path(out)
     tmp = sibling_tempdir(out, f"tmp-{os.getpid()}")
@@ -400,6 +408,7 @@ def write_run(
             write(tmp)
         os.chmod(tmp, 0o755)
         with run_lock(out):
+            ensure_unchanged(out, expect)
             _remove_stale(parent, out.name)
             if out.is_dir() and _exchange(tmp, out):
                 shutil.rmtree(tmp, ignore_errors=True)  # now holds the old run
