@@ -174,3 +174,30 @@ def test_no_bars_in_a_log_file_and_no_broken_pipe_under_head(cache_file, tmp_pat
     assert "Broken pipe" not in piped.stderr and "BrokenPipeError" not in piped.stderr
     assert len(piped.stdout.splitlines()) == 1
     assert (out / "thresholds.json").is_file()  # the work was finished although the reader left
+
+
+def test_run_finds_the_runs_cache_from_another_folder_and_names_an_in_place_rebuild(tmp_path, scan_small_ckpt,
+                                                                                    monkeypatch, capsys):
+    """Issue 15 item 8: the cache is recorded relative to the run; a float16 rebuild in place is named as the cause."""
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["cache", "--ckpt", str(scan_small_ckpt), "--out", "c.npz"]) == 0
+    assert main(["search", "--cache", "c.npz", "--pop", "8", "--gens", "2", "--no-plots", "--out", "run"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    thresholds = str(work / "run" / "thresholds.json")
+    assert main(["run", "--ckpt", str(scan_small_ckpt), "--thresholds", thresholds, "--repeats", "1",
+                 "--out", "r.json"]) == 0
+    out = capsys.readouterr().out
+    assert f"comparing with the run's cache {work / 'c.npz'}" in out and "agreement with the cache" in out
+
+    monkeypatch.chdir(work)
+    assert main(["cache", "--ckpt", str(scan_small_ckpt), "--out", "c.npz", "--logits-dtype", "float16"]) == 0
+    assert "runs searched on the old file must be searched again" in capsys.readouterr().err
+    assert main(["run", "--ckpt", str(scan_small_ckpt), "--thresholds", "run/thresholds.json", "--cache", "c.npz",
+                 "--repeats", "1", "--out", "r.json"]) == 1
+    err = capsys.readouterr().err
+    assert "was rebuilt since (it now holds float16 logits" in err and "tradeoff search --cache c.npz --out run" in err

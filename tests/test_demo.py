@@ -32,7 +32,7 @@ def test_demo_writes_every_file_and_they_agree(demo):
     assert cache.meta["checkpoint_sha256"] == loaded.sha256
     assert cache.split_counts() == {"test": 360, "val": 359}
     thresholds = json.loads((out / "thresholds.json").read_text())
-    assert thresholds["cache"] == str(out / "cache.npz")
+    assert thresholds["cache"] == "cache.npz"  # relative to the run directory (issue 15 item 8)
     assert thresholds["cache_sha256"] == sha256_file(out / "cache.npz")
     assert tuple(thresholds["thresholds"]) == pytest.approx(demo.thresholds)
     assert thresholds["test"]["accuracy"] == pytest.approx(demo.test_accuracy)

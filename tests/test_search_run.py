@@ -48,7 +48,9 @@ def test_run_dir_has_every_file_and_the_schema(run_dir, cache_file):
     assert SCHEMA_KEYS <= set(doc)
     assert FIGURE_KEYS <= set(doc["val"]) and FIGURE_KEYS | {"accuracy_ci95"} <= set(doc["test"])
     assert doc["confidence"] == "maxprob" and doc["ensemble"] is False and doc["calibration"] is None
-    assert doc["cache"] == str(cache_file) and doc["num_exits"] == 3 and doc["arch"] == "synthetic"
+    # relative to the run directory, so readers find it from any folder (issue 15 item 8)
+    assert doc["cache"] == os.path.relpath(cache_file, run_dir) and (run_dir / doc["cache"]).resolve() == cache_file.resolve()
+    assert doc["num_exits"] == 3 and doc["arch"] == "synthetic"
     assert doc["pick"] == {"target_acc": 0.8}
     assert len(doc["thresholds"]) == 2
     assert doc["val"]["accuracy"] >= 0.8

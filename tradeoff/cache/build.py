@@ -427,7 +427,8 @@ def existing_cache(out: Path, key: dict, *, ckpt: str | os.PathLike, log: Callab
             )
     if meta.get("logits_dtype") != key["logits_dtype"] or sorted(meta.get("splits", [])) != key["splits"]:
         if log is not None:
-            log(f"rebuilding {out}: it holds {meta.get('logits_dtype')} logits of splits {meta.get('splits')}, "
+            log(f"rebuilding {out} in place (runs searched on the old file must be searched again): it holds "
+                f"{meta.get('logits_dtype')} logits of splits {meta.get('splits')}, "
                   f"asked for {key['logits_dtype']} of {key['splits']}")
         return None
     return cache

@@ -61,12 +61,10 @@ def run(args) -> int:
     expect = prepare_output(out)  # before the model runs: a read-only folder fails now
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
     K = len(model_stages(loaded.model))
-    cache_sha = None
-    if args.cache:
-        if not Path(args.cache).is_file():
-            raise FileNotFoundError(f"--cache {args.cache} does not exist; pass the cache the thresholds were searched on")
-        cache_sha = sha256_file(args.cache)
-    tf = read_rule(args.thresholds, num_exits=K, cache_sha256=cache_sha, checkpoint_sha256=loaded.sha256)
+    tf = read_rule(args.thresholds, num_exits=K, checkpoint_sha256=loaded.sha256)
+    cache_path = _cache_to_compare(args, tf, sha256_file)
+    if cache_path is not None:
+        read_rule(args.thresholds, num_exits=K, cache_sha256=sha256_file(cache_path))  # another cache: one clear line
     spec = args.data or loaded.data or "digits"
     data = load_data(spec, splits=("test",))
     if data.y.max() >= loaded.num_classes:
@@ -79,7 +77,7 @@ def run(args) -> int:
     runner = EarlyExitModel(loaded.model, tf.rule, compiled=compiled)
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
                               batch_size=args.batch_size, repeats=args.repeats, progress=progress_enabled(args))
-    agreement = cache_agreement(args.cache, tf.rule, data.y, report) if args.cache else None
+    agreement = cache_agreement(cache_path, tf.rule, data.y, report) if cache_path is not None else None
     doc = report_document(
         report,
         batch_size=args.batch_size,
@@ -107,3 +105,37 @@ def run(args) -> int:
               f"{agreement['predictions']:.2%} of answers")
     print(f"\nwrote {out}")
     return 0
+
+
+def _cache_to_compare(args, tf, sha256_file) -> Path | None:
+    """--cache, else (without --data) the cache the run recorded, found relative to the thresholds
+    file, when it still holds the very bytes searched; None when there is none to compare with.
+
+    Raises:
+        FileNotFoundError: --cache does not exist.
+        ValueError: --cache is the recorded cache file but was rebuilt since the search (say
+            with --logits-dtype float16): the message names that cause and the fix, not the path.
+    """
+    from tradeoff.report.documents import resolve_recorded_cache
+
+    recorded = resolve_recorded_cache(Path(args.thresholds).parent, tf.cache)
+    if not args.cache:
+        # Only for the data the cache was built on (the checkpoint's): other data has other test rows.
+        if args.data is None and recorded is not None and recorded.is_file() and sha256_file(recorded) == tf.cache_sha256:
+            print(f"comparing with the run's cache {recorded}")
+            return recorded
+        return None
+    given = Path(args.cache)
+    if not given.is_file():
+        raise FileNotFoundError(f"--cache {given} does not exist; pass the cache the thresholds were searched on")
+    if tf.cache_sha256 and recorded is not None and recorded.is_file() and recorded.resolve() == given.resolve() \
+            and sha256_file(given) != tf.cache_sha256:
+        from tradeoff.cache.format import load_cache
+
+        rebuilt = load_cache(given)
+        raise ValueError(
+            f"--cache {given} is the file {args.thresholds} was searched on, but it was rebuilt since (it now holds "
+            f"{rebuilt.logits.dtype} logits, created {rebuilt.meta.get('created', '?')}), so the thresholds may not fit "
+            f"it; search it again: tradeoff search --cache {given} --out {Path(args.thresholds).parent}"
+        )
+    return given

@@ -4,7 +4,8 @@ Like fvcore's `flop_count_table`, this module only turns results into text; it c
 nothing. Two promises hold for the files of one run directory:
 
 * Determinism: `pareto.csv` and `thresholds.json` hold no timing, no date and no
-  absolute path the caller did not give, and every float is written with `repr` (the
+  absolute path (the cache is recorded relative to the run directory, so the run can be
+  read from any folder and moved together with its cache), and every float is written with `repr` (the
   shortest string that reads back to the same double), so the same cache, settings and
   seed give byte-identical files. Timings live in `summary.json` only.
 * Whole runs: a run is written into a temporary sibling directory and swapped into place
@@ -398,6 +399,7 @@ def write_run(
         FileExistsError: `out` changed since `expect`.
     """
     out = Path(out)
+    result = with_cache_relative_to(result, out)
     tmp = sibling_tempdir(out, f"tmp-{os.getpid()}")
     parent = tmp.parent
     try:
@@ -424,6 +426,28 @@ def write_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def with_cache_relative_to(result, run_dir: str | os.PathLike):
+    """`result` with its cache path relative to `run_dir`, as `thresholds.json` and `summary.json`
+    record it: readers resolve it against the run directory (`resolve_recorded_cache`), from
+    whatever folder they run in. (Paths relative to the folder the search ran in, as before,
+    could not be found from anywhere else.)"""
+    import dataclasses
+
+    if not result.cache_path:
+        return result
+    relative = os.path.relpath(Path(result.cache_path).resolve(), Path(run_dir).resolve())
+    return dataclasses.replace(result, cache_path=Path(relative).as_posix())
+
+
+def resolve_recorded_cache(run_dir: str | os.PathLike, recorded: str | None) -> Path | None:
+    """The cache a run recorded: relative to the run directory (this tool's runs), else as
+    written (absolute, or runs written before the cache path was made relative)."""
+    if not recorded:
+        return None
+    beside = Path(os.path.normpath(Path(run_dir) / recorded))
+    return beside if Path(recorded).is_absolute() or beside.exists() else Path(recorded)
 
 
 def _exchange(a: Path, b: Path) -> bool:
