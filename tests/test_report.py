@@ -49,11 +49,12 @@ def test_pareto_csv_reads_back_exactly(results):
     front = result.front("nsga")
     assert columns["val_accuracy"] == front.val.accuracy.tolist()  # repr round-trips bit for bit
     assert columns["test_accuracy"] == front.test.accuracy.tolist()
-    assert columns["flops"] == front.val.flops.tolist()
+    assert columns["val_flops"] == front.val.flops.tolist()
     assert columns["test_flops"] == front.test.flops.tolist()
     assert columns["t2"] == front.thresholds[:, 1].tolist()
     assert columns["val_frac_exit3"] == front.val.exit_fractions[:, 2].tolist()
-    assert columns["speedup"] == (result.baseline_flops / front.val.flops).tolist()
+    assert columns["val_speedup"] == (result.baseline_flops / front.val.flops).tolist()
+    assert columns["test_speedup"] == (result.baseline_flops / front.test.flops).tolist()
     assert text == report.pareto_csv(result)  # same result, same bytes
     assert text.endswith("\n") and "\r" not in text
 

@@ -344,6 +344,8 @@ def _number(value, where: str) -> float:
 
 def exit_summary_table(cache: ExitCache) -> str:
     """Each exit's val and test accuracy and cost (MFLOPs, % of the baseline network)."""
+    from tradeoff.report.documents import mflops_text  # the one cost formatter
+
     splits = [s for s in ("val", "test") if (cache.split == s).any()]
     correct = cache.logits.argmax(axis=2) == cache.labels[None, :]  # (K, N)
     baseline = cache.baseline_flops
@@ -351,9 +353,9 @@ def exit_summary_table(cache: ExitCache) -> str:
     lines = [header, "-" * len(header)]
     for k, name in enumerate(cache.exit_names):
         accs = "".join(f"{correct[k, cache.split == s].mean():>10.4f}" for s in splits)
-        lines.append(f"{name:<10}{accs}{cache.flops[k] / 1e6:>12.2f}{100 * cache.flops[k] / baseline:>8.1f}%")
+        lines.append(f"{name:<10}{accs}{mflops_text(cache.flops[k]):>12}{100 * cache.flops[k] / baseline:>8.1f}%")
     counts = ", ".join(f"{n} {s}" for s, n in cache.split_counts().items())
-    lines.append(f"baseline (single-exit network): {baseline / 1e6:.2f} MFLOPs; {cache.num_samples} samples ({counts})")
+    lines.append(f"baseline (single-exit network): {mflops_text(baseline)} MFLOPs; {cache.num_samples} samples ({counts})")
     return "\n".join(lines)
 
 

@@ -116,13 +116,14 @@ def _cell(value, float_format: str) -> str:
 
 def mflops_text(flops: float) -> str:
     """A cost for display, in MFLOPs with a fixed number of decimals per magnitude
-    (so a column of them lines up): 466.0, 12.35, 0.1234."""
+    (so a column of them lines up): 466.0, 12.35; below one MFLOP four significant digits
+    (0.1234, 0.0001235), so a small model never shows 0.00."""
     m = float(flops) / 1e6
     if abs(m) >= 100:
         return f"{m:.1f}"
     if abs(m) >= 1:
         return f"{m:.2f}"
-    return f"{m:.4f}"
+    return f"{m:.4g}"
 
 
 # --------------------------------------------------------------------------- documents
@@ -177,15 +178,15 @@ def thresholds_document(result) -> dict:
 def pareto_csv(result, method: str = "nsga") -> str:
     """One row per point of `method`'s front (sorted by val cost), as CSV text.
 
-    Columns: t1..t{K-1}, val_accuracy, test_accuracy, flops (val, fvcore count), mflops,
-    speedup (vs the original network), test_flops, then the val exit fraction of every
-    exit (`val_frac_<exit name>`). Floats are written with `repr`, so the bytes depend on
+    Columns: t1..t{K-1}, val_accuracy, test_accuracy, val_flops (fvcore count), val_mflops,
+    val_speedup (vs the original network), test_flops, test_speedup, then the val exit
+    fraction of every exit (`val_frac_<exit name>`). Every figure names its split. Floats are written with `repr`, so the bytes depend on
     the values only.
     """
     front = result.front(method)
     K = result.num_exits
     headers = [f"t{k + 1}" for k in range(K - 1)]
-    headers += ["val_accuracy", "test_accuracy", "flops", "mflops", "speedup", "test_flops"]
+    headers += ["val_accuracy", "test_accuracy", "val_flops", "val_mflops", "val_speedup", "test_flops", "test_speedup"]
     headers += [f"val_frac_{_csv_name(name)}" for name in result.exit_names]
     lines = [",".join(headers)]
     for i in range(front.size):
@@ -197,6 +198,7 @@ def pareto_csv(result, method: str = "nsga") -> str:
             flops / 1e6,
             result.baseline_flops / flops,
             front.test.flops[i],
+            result.baseline_flops / float(front.test.flops[i]),
         ]
         values += list(front.val.exit_fractions[i])
         lines.append(",".join(repr(float(v)) for v in values))
@@ -555,6 +557,9 @@ def read_run(run_dir: str | os.PathLike, *, lock: bool = True) -> tuple[dict, di
     return docs[THRESHOLDS_FILE], docs[SUMMARY_FILE], texts[PARETO_FILE]
 
 
+_OLD_PARETO_COLUMNS = {"flops": "val_flops", "mflops": "val_mflops", "speedup": "val_speedup"}
+
+
 def parse_pareto_csv(text: str, *, source: str = PARETO_FILE) -> dict[str, list[float]]:
     """Columns of a `pareto.csv` as lists of floats, keyed by header.
 
@@ -565,8 +570,9 @@ def parse_pareto_csv(text: str, *, source: str = PARETO_FILE) -> dict[str, list[
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{source} is empty; rerun `tradeoff search`")
-    headers = lines[0].split(",")
-    for needed in ("val_accuracy", "test_accuracy", "flops", "test_flops"):
+    # Runs written before the val columns were prefixed (issue 15) read the same way.
+    headers = [_OLD_PARETO_COLUMNS.get(h, h) for h in lines[0].split(",")]
+    for needed in ("val_accuracy", "test_accuracy", "val_flops", "test_flops"):
         if needed not in headers:
             raise ValueError(f"{source} has no {needed!r} column (header: {lines[0][:80]!r}); rerun `tradeoff search`")
     columns: dict[str, list[float]] = {h: [] for h in headers}

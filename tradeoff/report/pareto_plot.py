@@ -42,17 +42,18 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
         ax.scatter(main.test_mflops, main.test_accuracy, s=22, facecolors="none", edgecolors=color, linewidths=0.9,
                    label="same thresholds on test", zorder=3)
     for series in data.fronts[1:]:
+        same = series.method in data.coincide
         ax.plot(
             series.val_mflops,
             series.val_accuracy,
-            "-",
+            "--" if same else "-",  # drawn over the reported front, dashed, so it shows
             marker=".",
             ms=3,
             lw=1.0,
             alpha=0.75,
             color=_METHOD_COLORS.get(series.method),
-            label=f"{_METHOD_LABELS.get(series.method, series.method)} (val)",
-            zorder=2,
+            label=f"{_METHOD_LABELS.get(series.method, series.method)} (val{'; coincides with the front' if same else ''})",
+            zorder=4.5 if same else 2,
         )
 
     xs = [e.mflops for e in data.exits]
@@ -60,8 +61,8 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
                label="each exit alone (val)")
     ax.scatter(xs, [e.test_accuracy for e in data.exits], marker="*", s=170, facecolors="none", edgecolors="black",
                linewidths=0.9, zorder=5, label="each exit alone (test)")
-    for e in data.exits:
-        ax.annotate(e.name, (e.mflops, e.val_accuracy), xytext=(0, 9), textcoords="offset points", ha="center",
+    for e in data.exits:  # above the higher of its two stars, so the label covers neither
+        ax.annotate(e.name, (e.mflops, max(e.val_accuracy, e.test_accuracy)), xytext=(0, 9), textcoords="offset points", ha="center",
                     va="bottom", fontsize=8.5, zorder=7,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
 
@@ -99,7 +100,7 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
     if data.budget_mflops is not None:
         ax.axvline(data.budget_mflops, ls="--", lw=1.0, color="0.35", zorder=1, label=data.target_label)
 
-    ax.set_xlabel("mean cost per sample (MFLOPs, fvcore count%s)" % (", log scale" if log_x else ""))
+    ax.set_xlabel("mean cost per sample (%s%s)" % (data.cost_label, ", log scale" if log_x else ""))
     ax.set_ylabel("accuracy")
     ax.grid(True, alpha=0.3)
     baseline = data.baseline_mflops

@@ -65,6 +65,10 @@ class ParetoPlotData:
             minus the allowed drop), or None for a budget pick.
         budget_mflops: the budget line for a budget pick, else None.
         target_label: legend text of that line (None when there is no line).
+        cost_label: what the cost axis counts ("MFLOPs, fvcore count", or the imported
+            cache's own costs).
+        coincide: the baselines whose val front has the reported front's hypervolume
+            (within 1e-4 relative): drawn over it and said so in the legend.
     """
 
     title: str
@@ -75,6 +79,8 @@ class ParetoPlotData:
     target_accuracy: float | None
     budget_mflops: float | None
     target_label: str | None
+    cost_label: str = "MFLOPs, fvcore count"
+    coincide: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,9 +133,30 @@ def _mflops(values) -> tuple[float, ...]:
     return tuple(float(v) / 1e6 for v in values)
 
 
-def _title(arch, cache_path) -> str:
-    name = Path(cache_path).name if cache_path else "in-memory cache"
-    return f"{arch or 'unknown arch'} - {name}"
+def _title(meta: dict, cache_path) -> str:
+    """The model and the data ("scan_small on digits"); the cache file only when the data is unknown."""
+    arch = meta.get("arch") or "unknown model"
+    data = meta.get("data")
+    if data:
+        return f"{arch} on {data}"
+    return f"{arch} - {Path(cache_path).name if cache_path else 'in-memory cache'}"
+
+
+def _cost_label(meta: dict) -> str:
+    counter = meta.get("flop_counter")
+    if counter in (None, "fvcore") or str(counter).startswith("fvcore"):
+        return "MFLOPs, fvcore count"
+    return "millions of cost units, as given" if counter == "given" else f"millions, {counter}"
+
+
+COINCIDE = 1e-4  # relative hypervolume difference under which two fronts are drawn as one
+
+
+def _coinciding(volumes: dict[str, float], reported: str) -> tuple[str, ...]:
+    ref = volumes.get(reported)
+    if not ref:
+        return ()
+    return tuple(m for m, v in volumes.items() if m != reported and abs(v - ref) <= COINCIDE * abs(ref))
 
 
 def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, float | None, str | None]:
@@ -184,7 +211,9 @@ def pareto_plot_data(source) -> ParetoPlotData:
     c = result.chosen
     target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
     return ParetoPlotData(
-        title=_title(result.cache_meta.get("arch"), result.cache_path),
+        title=_title(result.cache_meta, result.cache_path),
+        cost_label=_cost_label(result.cache_meta),
+        coincide=_coinciding({f.method: float(f.hypervolume) for f in result.fronts}, "nsga"),
         baseline_mflops=result.baseline_flops / 1e6,
         fronts=tuple(fronts),
         exits=exits,
@@ -202,7 +231,7 @@ def exits_plot_data(source) -> ExitsPlotData:
         return _files_guard(source, _exits_from_files)
     result = source
     return ExitsPlotData(
-        title=_title(result.cache_meta.get("arch"), result.cache_path),
+        title=_title(result.cache_meta, result.cache_path),
         exit_names=tuple(result.exit_names),
         exit_mflops=_mflops(result.flops),
         thresholds=_floats(result.chosen.thresholds),
@@ -226,7 +255,7 @@ def _files_guard(files: RunFiles, gather):
 def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
     summary, chosen_doc, csv = files.summary, files.thresholds, files.pareto
     fronts = [
-        FrontSeries("nsga", _mflops(csv["flops"]), _floats(csv["val_accuracy"]), _mflops(csv["test_flops"]), _floats(csv["test_accuracy"]))
+        FrontSeries("nsga", _mflops(csv["val_flops"]), _floats(csv["val_accuracy"]), _mflops(csv["test_flops"]), _floats(csv["test_accuracy"]))
     ]
     for front in summary["fronts"]:
         if front["method"] != "nsga":
@@ -235,7 +264,9 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
     val, test = chosen_doc["val"], chosen_doc["test"]
     target, budget, label = _target_lines(summary["settings"]["pick"], exits[-1].val_accuracy)
     return ParetoPlotData(
-        title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
+        title=_title(summary["cache"]["meta"], summary["cache"]["path"]),
+        cost_label=_cost_label(summary["cache"]["meta"]),
+        coincide=_coinciding({str(f["method"]): float(f["hypervolume"]) for f in summary["fronts"]}, "nsga"),
         baseline_mflops=float(summary["cache"]["baseline_flops"]) / 1e6,
         fronts=tuple(fronts),
         exits=exits,
@@ -256,7 +287,7 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
 def _exits_from_files(files: RunFiles) -> ExitsPlotData:
     summary, chosen_doc = files.summary, files.thresholds
     return ExitsPlotData(
-        title=_title(summary["cache"]["meta"].get("arch"), summary["cache"]["path"]),
+        title=_title(summary["cache"]["meta"], summary["cache"]["path"]),
         exit_names=tuple(str(n) for n in summary["cache"]["exit_names"]),
         exit_mflops=_mflops(summary["cache"]["flops"]),
         thresholds=_floats(chosen_doc["thresholds"]),
