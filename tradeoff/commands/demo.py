@@ -135,16 +135,17 @@ def run_demo(
 
 def demo_summary(result: DemoResult) -> str:
     """A few lines: the network, the chosen thresholds, what they give on val and test."""
-    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-    exits = " / ".join(pct(a) for a in result.exit_test_accuracy)
+    from tradeoff.report.documents import accuracy_text as acc, share_text
+
+    exits = " / ".join(acc(a) for a in result.exit_test_accuracy)
     lines = [
         "",
         f"demo results in {result.out}/",
-        f"  each exit alone on test (shallow -> deep): {exits}; deepest exit {pct(result.exit_test_accuracy[-1])}",
+        f"  each exit alone on test (shallow -> deep): {exits}; deepest exit {acc(result.exit_test_accuracy[-1])}",
         f"  chosen thresholds: {', '.join(f'{t:.4f}' for t in result.thresholds)}",
-        f"  accuracy: val {pct(result.val_accuracy)}, test {pct(result.test_accuracy)}",
+        f"  accuracy: val {acc(result.val_accuracy)}, test {acc(result.test_accuracy)}",
         f"  speed-up vs the single-exit network (FLOPs): val {result.speedup_val:.2f}x, test {result.speedup_test:.2f}x",
-        f"  test samples leaving at each exit: {' / '.join(pct(f) for f in result.exit_fractions_test)}",
+        f"  test samples leaving at each exit: {' / '.join(share_text(f) for f in result.exit_fractions_test)}",
         f"  time: train {result.seconds['train']:.1f} s, cache {result.seconds['cache']:.1f} s, "
         f"search+report {result.seconds['search']:.1f} s, total {result.seconds['total']:.1f} s",
         f"  next: open {result.out}/pareto.png, or `tradeoff run --ckpt {result.out}/{MODEL_FILE} "

@@ -81,9 +81,11 @@ def run(args) -> int:
         )
     except KeyboardInterrupt:
         raise KeyboardInterrupt(_interrupted_note(Path(args.out), before, resumable=hasattr(args, "resume"))) from None
-    shown = " / ".join(f"{a * 100:.2f}" for a in result.best_val_accuracy)
+    from tradeoff.report.documents import accuracy_text
+
+    shown = " / ".join(accuracy_text(a) for a in result.best_val_accuracy)
     print(f"saved {result.path} (epoch {result.best_epoch} of {result.epochs}, chosen on {result.selected_by}; "
-          f"val accuracy per exit {shown}%) in {result.seconds:.1f} s")
+          f"val accuracy per exit {shown}) in {result.seconds:.1f} s")
     return 0
 
 

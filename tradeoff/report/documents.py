@@ -114,6 +114,18 @@ def _cell(value, float_format: str) -> str:
     return str(value)
 
 
+def accuracy_text(accuracy: float) -> str:
+    """The one display convention for accuracies: a fraction with four decimals (0.9889), as
+    --target-acc takes it and the JSON/CSV files store it. Shares of samples are shown as
+    percentages (`share_text`); --max-drop alone is in percentage points."""
+    return f"{float(accuracy):.4f}"
+
+
+def share_text(fraction: float) -> str:
+    """A share of samples (where they leave) as a percentage: 75.6%."""
+    return f"{100 * float(fraction):.1f}%"
+
+
 def mflops_text(flops: float) -> str:
     """A cost for display, in MFLOPs with a fixed number of decimals per magnitude
     (so a column of them lines up): 466.0, 12.35; below one MFLOP four significant digits
