@@ -96,7 +96,8 @@ def test_test_figures_match_an_independent_recomputation(run_dir, cache_file):
 def test_pareto_csv_is_sorted_by_cost_and_non_dominated(run_dir):
     rows = [list(map(float, line.split(","))) for line in (run_dir / "pareto.csv").read_text().splitlines()[1:]]
     header = (run_dir / "pareto.csv").read_text().splitlines()[0].split(",")
-    assert header[:8] == ["t1", "t2", "val_accuracy", "test_accuracy", "flops", "mflops", "speedup", "test_flops"]
+    assert header[:9] == ["t1", "t2", "val_accuracy", "test_accuracy", "val_flops", "val_mflops", "val_speedup",
+                          "test_flops", "test_speedup"]
     flops = [r[4] for r in rows]
     acc = [r[2] for r in rows]
     assert len(rows) >= 3 and flops == sorted(flops)
