@@ -198,3 +198,60 @@ def test_out_is_never_a_file_that_is_not_a_cache(tmp_path, arrays, capsys):
     assert main(["import", *args, "--out", str(out)]) == 0
     assert main(["import", *args[:-1], "2,3,4", "--out", str(out)]) == 0  # a cache is replaced
     assert load_cache(out).flops.tolist() == [2.0, 3.0, 4.0]
+
+
+# --------------------------------------------------------------------------- probabilities (issue 15, item 1)
+def _proba_exits(seed=0, n=200, c=4):
+    """Three exits' predict_proba-like outputs (rows sum to 1) and labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    exits = []
+    for sharp in (1.0, 2.0, 4.0):
+        z = rng.normal(size=(n, c)) + sharp * np.eye(c)[labels]
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        exits.append(p)  # float64, like scikit-learn
+    return exits, labels
+
+
+def test_probability_rows_are_detected_and_converted_with_a_notice():
+    from tradeoff.policy.scoring import softmax
+
+    exits, labels = _proba_exits()
+    notes = []
+    cache = import_cache(exits, labels, flops=[1, 2, 3], log=notes.append)  # arrays, not paths
+    assert notes and "probabilities" in notes[0] and "--logits" in notes[0]
+    assert cache.meta["input_kind"] == "probabilities (converted with log)"
+    # softmax of the cached logits gives back the probabilities, so maxprob thresholds mean predict_proba.max(1)
+    for k, p in enumerate(exits):
+        np.testing.assert_allclose(softmax(cache.logits[k].astype(np.float64), 1.0), p, rtol=1e-5, atol=1e-7)
+
+
+def test_explicit_logits_keeps_rows_as_they_are_and_probabilities_refuses_logits():
+    exits, labels = _proba_exits()
+    kept = import_cache(exits, labels, flops=[1, 2, 3], kind="logits")
+    np.testing.assert_allclose(kept.logits[0], exits[0].astype(np.float32))
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match="--probabilities given but exit 1, exit 2, exit 3 has rows"):
+        import_cache(rng.normal(size=(3, 20, 4)).astype(np.float32), rng.integers(0, 4, 20), flops=[1, 2, 3],
+                     kind="probabilities")
+
+
+def test_mixed_probabilities_and_logits_are_refused_with_the_fix():
+    exits, labels = _proba_exits()
+    exits[2] = np.log(exits[2]) + 3.0  # logits for the last exit only
+    with pytest.raises(ValueError, match=r"exit 1, exit 2 of the logits hold probabilities .* pass --logits"):
+        import_cache(exits, labels, flops=[1, 2, 3])
+
+
+def test_cli_import_of_predict_proba_files_says_so(tmp_path, capsys):
+    exits, labels = _proba_exits()
+    for k, p in enumerate(exits):
+        np.save(tmp_path / f"p{k}.npy", p)
+    np.save(tmp_path / "y.npy", labels)
+    args = ["import", *(str(tmp_path / f"p{k}.npy") for k in range(3)), "--labels", str(tmp_path / "y.npy"),
+            "--flops", "1,2,3", "--out", str(tmp_path / "c.npz")]
+    assert main(args) == 0
+    assert "converted with log" in capsys.readouterr().err
+    assert main(args + ["--logits", "--out", str(tmp_path / "d.npz")]) == 0
+    assert "converted" not in capsys.readouterr().err
+    assert load_cache(tmp_path / "d.npz").meta["input_kind"] == "logits (as given)"

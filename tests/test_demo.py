@@ -32,7 +32,7 @@ def test_demo_writes_every_file_and_they_agree(demo):
     assert cache.meta["checkpoint_sha256"] == loaded.sha256
     assert cache.split_counts() == {"test": 360, "val": 359}
     thresholds = json.loads((out / "thresholds.json").read_text())
-    assert thresholds["cache"] == str(out / "cache.npz")
+    assert thresholds["cache"] == "cache.npz"  # relative to the run directory (issue 15 item 8)
     assert thresholds["cache_sha256"] == sha256_file(out / "cache.npz")
     assert tuple(thresholds["thresholds"]) == pytest.approx(demo.thresholds)
     assert thresholds["test"]["accuracy"] == pytest.approx(demo.test_accuracy)
@@ -46,7 +46,8 @@ def test_demo_writes_every_file_and_they_agree(demo):
 
 def test_demo_summary_names_the_numbers(demo):
     text = demo_summary(demo)
-    assert f"deepest exit {100 * demo.exit_test_accuracy[-1]:.2f}%" in text
+    # accuracies as fractions, like search, cache and --target-acc (issue 15 item 4); shares of samples in %
+    assert f"deepest exit {demo.exit_test_accuracy[-1]:.4f}\n" in text and "%" not in text.split("test samples")[0]
     assert f"test {demo.speedup_test:.2f}x" in text
     assert "chosen thresholds: " + ", ".join(f"{t:.4f}" for t in demo.thresholds) in text
 

@@ -60,3 +60,44 @@ def test_notebook_executes_and_draws(small_run, monkeypatch):
     names = [trace.get("name") for trace in plotly_figs[0]["data"]]
     assert "cheapest meeting the target (val)" in names and "NSGA-II (val)" in names
     assert any("application/vnd.jupyter.widget-view+json" in out.get("data", {}) for out in outputs)
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    """A minimal project folder: setup.cfg, notebooks/explore_pareto.ipynb, an empty results/."""
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "results").mkdir()
+    (root / "setup.cfg").write_text((REPO / "setup.cfg").read_text())
+    (root / "notebooks" / NOTEBOOK.name).write_bytes(NOTEBOOK.read_bytes())
+    return root
+
+
+def _execute_first_cells(root: Path, monkeypatch, cells: int):
+    monkeypatch.delenv("TRADEOFF_RUN", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    nb = nbformat.read(root / "notebooks" / NOTEBOOK.name, as_version=4)
+    nb.cells = nb.cells[:cells]
+    client = NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(root / "notebooks")}})  # Jupyter's default folder
+    client.execute()
+    return nb
+
+
+def test_notebook_started_in_its_own_folder_finds_the_projects_demo_run(small_run, tmp_path, monkeypatch):
+    import shutil
+
+    root = _project_copy(tmp_path)
+    shutil.copytree(small_run, root / "results" / "demo")
+    nb = _execute_first_cells(root, monkeypatch, cells=2)
+    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    assert f"run: {root / 'results' / 'demo'}/" in text
+
+
+def test_notebook_without_a_run_says_make_demo_and_never_trains(tmp_path, monkeypatch):
+    from nbclient.exceptions import CellExecutionError
+
+    root = _project_copy(tmp_path)
+    with pytest.raises(CellExecutionError, match=r"run `make demo` first"):
+        _execute_first_cells(root, monkeypatch, cells=2)
+    assert not (root / "notebooks" / "results").exists()  # nothing built beside the notebook
+    assert list((root / "results").iterdir()) == []

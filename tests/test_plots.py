@@ -48,13 +48,13 @@ def test_pareto_data_is_exactly_the_result(result):
     assert data.budget_mflops is None
     assert data.target_label == f"deepest exit - 1 points ({data.target_accuracy:.4f})"
     assert data.baseline_mflops == result.baseline_flops / 1e6
-    assert data.title == "synthetic - four.npz"
+    assert data.title == "synthetic on synthetic(seed=4)"  # the model and the data, not the cache file (issue 15 item 10)
 
 
 def test_exits_data_is_exactly_the_result(result):
     data = plots.exits_plot_data(result)
     assert data == plots.ExitsPlotData(
-        title="synthetic - four.npz",
+        title="synthetic on synthetic(seed=4)",
         exit_names=("exit1", "exit2", "exit3", "exit4"),
         exit_mflops=tuple((result.flops / 1e6).tolist()),
         thresholds=result.chosen.thresholds,
@@ -115,7 +115,7 @@ def test_plot_command_redraws_from_the_files(result, tmp_path, capsys):
     for name in ("pareto.png", "exits.png"):
         assert (run / name).read_bytes().startswith(PNG_MAGIC)
     assert "wrote" in capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 @pytest.mark.parametrize(
@@ -156,3 +156,37 @@ def test_speedup_ticks_are_round_and_apart():
     ticks = pareto_plot._speedup_ticks(560.0, (270.0, 720.0))
     assert ticks[0] == 2.0 and ticks[-1] == 0.8 and len(ticks) >= 6
     assert all(560 / b - 560 / a >= 0.07 * 450 for a, b in zip(ticks, ticks[1:]))
+
+
+# --------------------------------------------------------------------------- issue 15, item 10
+def test_small_costs_keep_significant_digits():
+    from tradeoff.report.documents import mflops_text
+
+    assert mflops_text(1234.0) == "0.001234" and mflops_text(123_400.0) == "0.1234" and mflops_text(2.5e7) == "25.00"
+
+
+def test_imported_runs_say_their_costs_are_given_and_coinciding_baselines_are_named(tmp_path):
+    import numpy as np
+
+    from tradeoff.cache.importer import exit_summary_table, import_cache
+    from tradeoff.search.run import run_search
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    logits = rng.normal(size=(2, 400, 5)).astype(np.float32) + 3 * np.eye(5, dtype=np.float32)[labels] * np.array([[[1.0]], [[2.0]]], dtype=np.float32)
+    cache = import_cache(logits, labels, flops=[2000.0, 9000.0])  # a tiny model: 0.002 / 0.009 MFLOPs
+    assert "0.002" in exit_summary_table(cache) and "0.00 " not in exit_summary_table(cache)
+    result = run_search(cache, pick=None, pop=12, gens=4, seed=0)
+    data = plots.pareto_plot_data(result)
+    assert data.cost_label == "millions of cost units, as given"
+    assert data.title == "imported - in-memory cache"
+    from dataclasses import replace
+
+    from tradeoff.report.plot_data import _coinciding
+
+    assert _coinciding({"nsga": 0.5, "grid": 0.50004, "random": 0.49}, "nsga") == ("grid",)
+    fig = plots.plot_pareto(replace(data, coincide=("grid",)))
+    ax = fig.axes[0]
+    assert "as given" in ax.get_xlabel()
+    drawn = {line.get_label(): line for line in ax.get_lines()}
+    assert drawn["exhaustive grid (val; coincides with the front)"].get_linestyle() == "--"

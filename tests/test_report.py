@@ -49,11 +49,12 @@ def test_pareto_csv_reads_back_exactly(results):
     front = result.front("nsga")
     assert columns["val_accuracy"] == front.val.accuracy.tolist()  # repr round-trips bit for bit
     assert columns["test_accuracy"] == front.test.accuracy.tolist()
-    assert columns["flops"] == front.val.flops.tolist()
+    assert columns["val_flops"] == front.val.flops.tolist()
     assert columns["test_flops"] == front.test.flops.tolist()
     assert columns["t2"] == front.thresholds[:, 1].tolist()
     assert columns["val_frac_exit3"] == front.val.exit_fractions[:, 2].tolist()
-    assert columns["speedup"] == (result.baseline_flops / front.val.flops).tolist()
+    assert columns["val_speedup"] == (result.baseline_flops / front.val.flops).tolist()
+    assert columns["test_speedup"] == (result.baseline_flops / front.test.flops).tolist()
     assert text == report.pareto_csv(result)  # same result, same bytes
     assert text.endswith("\n") and "\r" not in text
 
@@ -90,7 +91,7 @@ def test_write_run_replaces_a_run_whole_and_leaves_no_temporaries(results, tmp_p
     report.write_run(out, b)
     assert sorted(p.name for p in out.iterdir()) == ["pareto.csv", "summary.json", "thresholds.json"]
     assert (out / "pareto.csv").read_text() == report.pareto_csv(b)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_a_failing_writer_leaves_the_old_run_untouched(results, tmp_path):
@@ -106,7 +107,7 @@ def test_a_failing_writer_leaves_the_old_run_untouched(results, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         report.write_run(out, b, extra=[broken])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_concurrent_writers_never_mix_files(results, tmp_path):
@@ -138,7 +139,7 @@ def test_concurrent_writers_never_mix_files(results, tmp_path):
     pairs = set(expected.values())
     assert ((out / "pareto.csv").read_text(), (out / "thresholds.json").read_text()) in pairs
     assert all(pair in pairs for pair in seen)  # every read saw one complete run
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_write_run_refuses_a_file_as_out(results, tmp_path):
@@ -219,4 +220,4 @@ def test_rename_aside_path_also_replaces_whole_runs(results, tmp_path, monkeypat
     (out / "stray.txt").write_text("old")
     report.write_run(out, b)
     assert (out / "pareto.csv").read_text() == report.pareto_csv(b) and not (out / "stray.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

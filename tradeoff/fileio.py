@@ -16,15 +16,84 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+# What an output looked like when a writer started: (device, inode, mtime ns, size), or None
+# when it did not exist. Every writer replaces a file by renaming a new one over it, so a
+# second writer that finished meanwhile always changes the stamp.
+OutputStamp = "tuple[int, int, int, int] | None"
+ANY = object()  # `expect=ANY`: replace whatever is there (the default)
+
+
+def output_stamp(path: str | os.PathLike) -> "tuple[int, int, int, int] | None":
+    """The stamp of `path` now (None when it does not exist)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def ensure_unchanged(path: str | os.PathLike, expect, *, flag: str = "--out") -> None:
+    """Refuse to replace an output another process wrote after this one started.
+
+    Two commands writing one output at once both used to report success while the
+    last one won; with this, the later one fails, says why and leaves the other's file.
+
+    Raises:
+        FileExistsError: `path` changed since `expect` was taken (`output_stamp`).
+    """
+    if expect is ANY:
+        return
+    now = output_stamp(path)
+    if now != expect:
+        raise FileExistsError(
+            f"{flag} {path} was written by another process while this one worked; it was left as that process "
+            f"wrote it and this result was not saved - rerun with another {flag}"
+        )
+
+
+def check_writable(path: str | os.PathLike, *, flag: str = "--out") -> None:
+    """Fail now, not after the work, when `path` cannot be created or replaced.
+
+    Tries to create (and removes) a temporary file in the nearest existing folder of
+    `path`'s parent; nothing is left behind, no folder is created.
+
+    Raises:
+        PermissionError: one line naming `flag`, the folder and the fix.
+        ValueError: a parent of `path` is a file.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists():
+        folder = folder.parent if folder != folder.parent else folder
+        if folder == folder.parent and not folder.exists():
+            break
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder; choose another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tradeoff-write-check-", dir=folder)
+    except OSError as exc:
+        raise PermissionError(
+            f"{flag} {path}: cannot write in {folder}/ ({exc.strerror or exc}); choose another {flag}"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *, expect=ANY) -> Iterator[IO]:
     """Open a temporary file beside `path`; on clean exit it replaces `path`.
 
     On an exception the temporary file is removed and `path` is left untouched.
     Missing parent directories are created.
 
+    Args:
+        expect: the `output_stamp` of `path` when the writer started; if `path` changed
+            since (another process wrote it), nothing is replaced (`ensure_unchanged`).
+
     Raises:
         PermissionError / OSError: with the path, if the directory is not writable.
+        FileExistsError: `path` changed since `expect`.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open mode must be 'wb' or 'w'; got {mode!r}")
@@ -44,6 +113,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
+        ensure_unchanged(path, expect)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -131,19 +201,19 @@ def sibling_tempdir(out: str | os.PathLike, tag: str) -> Path:
         raise PermissionError(f"--out {out}: cannot write in {parent}/ ({exc.strerror or exc}); choose another --out") from None
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, expect=ANY) -> None:
+    with atomic_open(path, "wb", expect=expect) as handle:
         handle.write(data)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    with atomic_open(path, "w") as handle:
+def write_text_atomic(path: str | os.PathLike, text: str, *, expect=ANY) -> None:
+    with atomic_open(path, "w", expect=expect) as handle:
         handle.write(text)
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
+def write_json_atomic(path: str | os.PathLike, obj, *, expect=ANY) -> None:
     """JSON with sorted keys and a trailing newline, so equal objects give equal bytes."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n", expect=expect)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tradeoff.cache import shard
 from tradeoff.cache.format import ExitCache, load_cache, make_meta, validate_cache, write_cache
 from tradeoff.errors import first_line, is_integer
+from tradeoff.fileio import output_stamp
 
 LOGITS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Meta fields that may differ between runs that produced the same cache.
@@ -346,6 +347,9 @@ def cache_checkpoint(
         }
         if exits:
             key["exits"] = list(exits)
+        # What is at `path` now: if another process writes it before we do, ours is not saved
+        # (two `tradeoff cache` runs into one file used to both report success, the last winning).
+        expect = output_stamp(path)
         existing = existing_cache(path, key, ckpt=ckpt, log=log if main else None)
         if existing is None:
             rows = [(0, len(dataset))] if ctx is None else shard.rank_rows(len(dataset), batch_size, ctx.world_size)
@@ -374,7 +378,17 @@ def cache_checkpoint(
         cache = build_cache(model, dataset, costs, batch_size=batch_size, device=run_on,
                             logits_dtype=logits_dtype, progress=True, meta=meta)
         seconds = time.perf_counter() - started
-        write_cache(path, cache)
+        try:
+            write_cache(path, cache, expect=expect)
+        except FileExistsError:
+            # Another process wrote `path` meanwhile: fine if it is this very cache, else we lost the race.
+            try:
+                same = existing_cache(path, key, ckpt=ckpt) if path.is_file() else None
+            except ValueError:
+                same = None
+            if same is None:
+                raise
+            return CacheOutcome(path, same, reused=True, seconds=0.0, world_size=1, data_name=dataset.name)
         return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=1, data_name=dataset.name)
     busy = sum(stop > start for start, stop in rows)
     if main and busy < ctx.world_size:
@@ -393,7 +407,7 @@ def cache_checkpoint(
         if main:
             costs = exit_costs(model.cpu(), tuple(dataset.input_shape))
             cache = assemble_cache(logits, dataset, costs, model=model, meta=meta)
-            write_cache(path, cache)
+            write_cache(path, cache, expect=expect)
     return CacheOutcome(path, cache, reused=False, seconds=seconds, world_size=world, data_name=dataset.name)
 
 
@@ -451,7 +465,8 @@ def existing_cache(out: Path, key: dict, *, ckpt: str | os.PathLike, log: Callab
             )
     if meta.get("logits_dtype") != key["logits_dtype"] or sorted(meta.get("splits", [])) != key["splits"]:
         if log is not None:
-            log(f"rebuilding {out}: it holds {meta.get('logits_dtype')} logits of splits {meta.get('splits')}, "
+            log(f"rebuilding {out} in place (runs searched on the old file must be searched again): it holds "
+                f"{meta.get('logits_dtype')} logits of splits {meta.get('splits')}, "
                   f"asked for {key['logits_dtype']} of {key['splits']}")
         return None
     return cache

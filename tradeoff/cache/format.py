@@ -20,7 +20,7 @@ import numpy as np
 
 from tradeoff import __version__
 from tradeoff.errors import first_line, is_integer
-from tradeoff.fileio import atomic_open
+from tradeoff.fileio import ANY, atomic_open
 
 SCHEMA = 1
 SPLIT_NAMES = ("train", "val", "test")
@@ -237,9 +237,14 @@ def _check_finite(logits: np.ndarray, where: str) -> None:
                 )
 
 
-def write_cache(path: str | os.PathLike, cache: ExitCache) -> Path:
+def write_cache(path: str | os.PathLike, cache: ExitCache, *, expect=ANY) -> Path:
     """Validate (unless `cache` came from `validate_cache`), then write atomically (temp file +
-    rename). Returns the path written."""
+    rename). Returns the path written.
+
+    Args:
+        expect: `tradeoff.fileio.output_stamp(path)` from when the writer started; the file is
+            not replaced if another process wrote `path` since (FileExistsError).
+    """
     if _VALIDATED.get(id(cache)) is not cache:
         cache = validate_cache(cache)
     path = Path(path)
@@ -252,7 +257,7 @@ def write_cache(path: str | os.PathLike, cache: ExitCache) -> Path:
         "flops": cache.flops,
         "meta": np.array(json.dumps(meta, sort_keys=True, allow_nan=False)),
     }
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", expect=expect) as handle:
         np.savez(handle, **arrays)
     return path
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,45 +23,74 @@ from tradeoff.fileio import sha256_file
 ARRAY_SUFFIXES = (".npy", ".pt", ".pth")
 
 
+INPUT_KINDS = ("auto", "logits", "probabilities")
+
+
 def import_cache(
-    logits_paths: Sequence[str | os.PathLike],
-    labels_path: str | os.PathLike,
+    logits: "np.ndarray | str | os.PathLike | Sequence[np.ndarray | str | os.PathLike]",
+    labels: "np.ndarray | str | os.PathLike",
     *,
+    split: "np.ndarray | str | os.PathLike | None" = None,
     split_path: str | os.PathLike | None = None,
     flops: Sequence[float],
     baseline_flops: float | None = None,
     trust: bool = False,
+    kind: str = "auto",
+    log: Callable[[str], None] | None = None,
 ) -> ExitCache:
-    """A validated cache from logits, labels and (optionally) split files.
+    """A validated cache from logits (or probabilities), labels and an optional split.
+
+    Each input may be an array or a file (`.npy`, `.pt`), so a Python user hands over
+    `model.predict_proba(X)` outputs directly.
 
     Args:
-        logits_paths: one (K, N, C) file, or K (N, C) files shallow -> deep.
-        labels_path: (N,) integer labels (.npy or .pt).
-        split_path: (N,) .npy of strings "val"/"test"/"train"; default: a fixed seeded
-            half/half val/test split (the same rule as `npz:` data).
+        logits: one (K, N, C) array/file, or K (N, C) arrays/files shallow -> deep. Either
+            unnormalised logits (anything softmax turns into the model's probabilities,
+            log-probabilities included) or probabilities (rows non-negative, summing to 1,
+            e.g. scikit-learn's `predict_proba`); see `kind`.
+        labels: (N,) integer labels, array or file.
+        split: (N,) strings "val"/"test"/"train", array or `.npy` file; default a fixed
+            seeded half/half val/test split (the same rule as `npz:` data).
+        split_path: the older name of `split` (a file).
         flops: (K,) cumulative cost of leaving at each exit (fvcore convention: one
             multiply-add = one FLOP).
         baseline_flops: cost of the original single-exit network; default the last exit's.
         trust: allow `.pt` files that need unpickling of arbitrary objects.
+        kind: "logits" (taken as they are), "probabilities" (converted with `log`, so the
+            cache's softmax gives back exactly these probabilities and the thresholds found
+            apply to `predict_proba(...).max(1)`) or "auto" (probabilities when every row of
+            every exit is non-negative and sums to 1 within float tolerance, said through `log`).
+        log: callable taking one line (the auto-detection notice); default silent.
 
     Raises:
         FileNotFoundError: a missing file. ValueError / UnsafeCheckpointError: bad input,
-            each naming the file or argument and the fix.
+            each naming the file or argument and the fix (e.g. some exits probabilities and
+            others not, or `kind="probabilities"` for rows that do not sum to 1).
     """
-    logits_paths = [Path(p) for p in logits_paths]
-    if not logits_paths:
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(INPUT_KINDS)}; got {kind!r}")
+    if split is not None and split_path is not None:
+        raise ValueError("give split or split_path, not both")
+    split = split if split is not None else split_path
+    sources = [logits] if isinstance(logits, (str, os.PathLike, np.ndarray)) else list(logits)
+    if not sources:
         raise ValueError("give at least one logits file: one (K, N, C) array or one (N, C) array per exit")
-    logits = _stack_logits(logits_paths, trust=trust)
-    K, N, C = logits.shape
-    labels = read_array(labels_path, trust=trust, what="labels")
-    if labels.ndim == 2 and 1 in labels.shape:
-        labels = labels.reshape(-1)
-    if labels.shape != (N,):
-        raise ValueError(f"--labels {labels_path}: expected shape ({N},) to match the logits' N = {N}; got {labels.shape}")
-    if split_path is None:
-        split, split_rule = default_split(N), "seeded half/half val/test (numpy default_rng(0) permutation)"
+    names = [_name(src, f"logits[{i}]") for i, src in enumerate(sources)]
+    stacked = _stack_logits(sources, names, trust=trust)
+    stacked, input_kind = _as_log_probabilities(stacked, kind, log=log)
+    K, N, C = stacked.shape
+    labels_name = _name(labels, "labels")
+    label_values = _read_any(labels, trust=trust, what="labels")
+    if label_values.ndim == 2 and 1 in label_values.shape:
+        label_values = label_values.reshape(-1)
+    if label_values.shape != (N,):
+        raise ValueError(f"--labels {labels_name}: expected shape ({N},) to match the logits' N = {N}; got {label_values.shape}")
+    if split is None:
+        split_values, split_rule = default_split(N), "seeded half/half val/test (numpy default_rng(0) permutation)"
+    elif isinstance(split, np.ndarray):
+        split_values, split_rule = _check_split(split, N, "split array"), "array given"
     else:
-        split, split_rule = _read_split(Path(split_path), N), f"file {split_path}"
+        split_values, split_rule = _read_split(Path(split), N), f"file {split}"
     try:
         costs = np.asarray(flops, dtype=np.float64).reshape(-1)
         baseline = None if baseline_flops is None else float(baseline_flops)
@@ -78,17 +107,56 @@ def import_cache(
         arch="imported",
         num_classes=int(C),
         exit_names=[f"exit{k + 1}" for k in range(K)],
-        logits_files=[str(p) for p in logits_paths],
-        logits_sha256=[sha256_file(p) for p in logits_paths],
-        labels_file=str(labels_path),
+        logits_files=names,
+        logits_sha256=[_sha256(src) for src in sources],
+        labels_file=labels_name,
         split_rule=split_rule,
+        input_kind=input_kind,
         flop_counter="given",
         baseline_flops=float(baseline_flops if baseline_flops is not None else flops[-1]),
         baseline_flops_source="given" if baseline_flops is not None else "last exit (not given)",
-        logits_dtype=str(logits.dtype),
+        logits_dtype=str(stacked.dtype),
     )
-    cache = ExitCache(logits=logits, labels=labels, split=split, flops=flops, meta=meta)
+    cache = ExitCache(logits=stacked, labels=label_values, split=split_values, flops=flops, meta=meta)
     return validate_cache(cache, source="imported arrays")
+
+
+def probability_rows(array: np.ndarray) -> bool:
+    """Whether every row of an (..., C) array is a probability vector: no negative entry,
+    each row summing to 1 within the dtype's rounding (1e-3 for float16, else 1e-4)."""
+    values = np.asarray(array, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).all() or (values < 0).any():
+        return False
+    tol = 1e-3 if np.asarray(array).dtype == np.float16 else 1e-4
+    return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) <= tol * values.shape[-1]))
+
+
+def _as_log_probabilities(logits: np.ndarray, kind: str, *, log) -> tuple[np.ndarray, str]:
+    """Apply the `kind` rule of `import_cache`; returns the logits to cache and what they were."""
+    if kind == "logits":
+        return logits, "logits (as given)"
+    per_exit = [probability_rows(logits[k]) for k in range(logits.shape[0])]
+    if kind == "auto" and not any(per_exit):
+        return logits, "logits (detected)"
+    if kind == "auto" and not all(per_exit):
+        which = ", ".join(f"exit {k + 1}" for k, p in enumerate(per_exit) if p)
+        raise ValueError(
+            f"{which} of the logits hold probabilities (rows non-negative, summing to 1) but the other exits do "
+            "not; give every exit in one form, or pass --logits (import_cache(kind='logits')) to take them as they are"
+        )
+    if kind == "probabilities" and not all(per_exit):
+        which = ", ".join(f"exit {k + 1}" for k, p in enumerate(per_exit) if not p)
+        raise ValueError(
+            f"--probabilities given but {which} has rows that are negative or do not sum to 1; "
+            "pass the model's probabilities (e.g. predict_proba), or drop --probabilities for logits"
+        )
+    tiny = np.finfo(np.float32).tiny  # log(0) would be -inf; exp(log(tiny)) is still 0 in every softmax
+    converted = np.log(np.maximum(logits.astype(np.float64), tiny)).astype(np.float32)
+    if kind == "auto" and log is not None:
+        log("note: every row of the logits is non-negative and sums to 1, so they were read as probabilities and "
+            "converted with log (softmax then gives back these probabilities; thresholds apply to "
+            "predict_proba(...).max(1)); pass --logits to take them as they are")
+    return converted, "probabilities (converted with log)"
 
 
 def default_split(num_samples: int) -> np.ndarray:
@@ -154,9 +222,31 @@ def _read_torch(path: Path, *, trust: bool, what: str) -> np.ndarray:
     return obj.numpy()
 
 
-def _stack_logits(paths: list[Path], *, trust: bool) -> np.ndarray:
-    """(K, N, C) float32/float16 from one 3-D file or K 2-D files."""
-    arrays = [_as_logits(read_array(p, trust=trust, what="logits"), p) for p in paths]
+def _name(source, fallback: str) -> str:
+    return fallback if isinstance(source, np.ndarray) or not isinstance(source, (str, os.PathLike)) else str(source)
+
+
+def _sha256(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return sha256_file(source)
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(source)).tobytes()).hexdigest()
+
+
+def _read_any(source, *, trust: bool, what: str) -> np.ndarray:
+    """An array as given, or read from its file (`read_array`)."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_array(source, trust=trust, what=what)
+    if hasattr(source, "detach") and hasattr(source, "cpu"):  # a torch tensor, without importing torch
+        source = source.detach().cpu().float().numpy() if str(source.dtype) == "torch.bfloat16" else source.detach().cpu().numpy()
+    return np.asarray(source)
+
+
+def _stack_logits(sources: list, names: list[str], *, trust: bool) -> np.ndarray:
+    """(K, N, C) float32/float16 from one 3-D array/file or K 2-D ones."""
+    paths = names
+    arrays = [_as_logits(_read_any(src, trust=trust, what="logits"), name) for src, name in zip(sources, names)]
     if len(paths) == 1:
         (logits,) = arrays
         if logits.ndim == 2:
@@ -194,16 +284,19 @@ def _as_logits(array: np.ndarray, path: Path) -> np.ndarray:
 def _read_split(path: Path, N: int) -> np.ndarray:
     if path.suffix.lower() != ".npy":
         raise ValueError(f"--split {path}: expected a .npy array of strings; got {path.suffix or 'no extension'!r}")
-    split = read_array(path, what="split")
+    return _check_split(read_array(path, what="split"), N, f"--split {path}")
+
+
+def _check_split(split: np.ndarray, N: int, where: str) -> np.ndarray:
     if split.dtype.kind == "S":
         split = split.astype(str)
     if split.dtype.kind != "U":
         raise ValueError(
-            f"--split {path} has dtype {split.dtype}; expected strings 'val'/'test' - "
+            f"{where} has dtype {split.dtype}; expected strings 'val'/'test' - "
             "save numpy.array(['val', 'test', ...]) with numpy.save"
         )
     if split.shape != (N,):
-        raise ValueError(f"--split {path}: expected shape ({N},) to match the logits' N = {N}; got {split.shape}")
+        raise ValueError(f"{where}: expected shape ({N},) to match the logits' N = {N}; got {split.shape}")
     return split
 
 
@@ -251,6 +344,8 @@ def _number(value, where: str) -> float:
 
 def exit_summary_table(cache: ExitCache) -> str:
     """Each exit's val and test accuracy and cost (MFLOPs, % of the baseline network)."""
+    from tradeoff.report.documents import mflops_text  # the one cost formatter
+
     splits = [s for s in ("val", "test") if (cache.split == s).any()]
     correct = cache.logits.argmax(axis=2) == cache.labels[None, :]  # (K, N)
     baseline = cache.baseline_flops
@@ -258,9 +353,9 @@ def exit_summary_table(cache: ExitCache) -> str:
     lines = [header, "-" * len(header)]
     for k, name in enumerate(cache.exit_names):
         accs = "".join(f"{correct[k, cache.split == s].mean():>10.4f}" for s in splits)
-        lines.append(f"{name:<10}{accs}{cache.flops[k] / 1e6:>12.2f}{100 * cache.flops[k] / baseline:>8.1f}%")
+        lines.append(f"{name:<10}{accs}{mflops_text(cache.flops[k]):>12}{100 * cache.flops[k] / baseline:>8.1f}%")
     counts = ", ".join(f"{n} {s}" for s, n in cache.split_counts().items())
-    lines.append(f"baseline (single-exit network): {baseline / 1e6:.2f} MFLOPs; {cache.num_samples} samples ({counts})")
+    lines.append(f"baseline (single-exit network): {mflops_text(baseline)} MFLOPs; {cache.num_samples} samples ({counts})")
     return "\n".join(lines)
 
 

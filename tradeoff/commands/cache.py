@@ -5,10 +5,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tradeoff.commands.common import add_command, prepare_output, si_int
 from tradeoff.commands.defaults import default_cache_path
 
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("cache", help="run a multi-exit model over a dataset once; store every exit's logits and cost")
+    p = add_command(
+        sub, "cache", help="run a multi-exit model over a dataset once; store every exit's logits and cost",
+        description="Run a multi-exit checkpoint over the val and test splits once and store every exit's logits, "
+                    "the labels and each exit's fvcore-counted cost in one .npz file, which every later "
+                    "`tradeoff search` reads. A cache of the same checkpoint and data is reused; one of another "
+                    "model or data is never overwritten.",
+        examples="tradeoff cache --ckpt results/demo/model.pt --out results/cache/demo-digits.npz\n"
+                 "tradeoff cache --ckpt bestmodel.pth --arch scan_resnet18 --num-classes 100 --data cifar100:DIR",
+    )
     p.add_argument("--ckpt", required=True, help="checkpoint: tradeoff .pt, bare state_dict (.pth/.pt) or .safetensors")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
     p.add_argument("--exits", help="for a model without stages(): its exit heads' module names, shallow -> deep "
@@ -17,9 +27,11 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="digits | cifar100:DIR | cifar10:DIR | fashion-mnist[:DIR] | mnist:DIR | npz:PATH "
                                    "(default: the checkpoint's, else digits)")
     p.add_argument("--out", help="cache file to write (default: results/cache/<ckpt>-<data>.npz)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--logits-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--batch-size", type=si_int, default=256, help="samples per forward pass (default 256)")
+    p.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--logits-dtype", choices=("float32", "float16"), default="float32",
+                   help="float16 halves the file; rebuilding an existing cache changes its sha256, so runs "
+                        "searched on the old file must be searched again (default float32)")
     p.add_argument("--include-train", action="store_true", help="also cache the train split")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling arbitrary objects from the checkpoint (only for files you trust)")
@@ -38,6 +50,8 @@ def run(args) -> int:
 
     ctx = shard.detect_torchrun()
     check_options(batch_size=args.batch_size, device=args.device, logits_dtype=args.logits_dtype)
+    # Before the model runs: a folder we cannot write fails now, not after the forward passes.
+    prepare_output(args.out if args.out else default_cache_path(args.ckpt, "data"))
     if ctx is None:
         return _cache(args, None, None)
     with shard.process_group(ctx, args.device) as device:

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tradeoff.commands.defaults import DEFAULT_DEMO_DIR, DEFAULT_FASHION_DIR
+from tradeoff.commands.defaults import DEFAULT_DEMO_DIR, DEFAULT_FASHION_DIR, RUN_CACHE_FILE
 
 MODEL_FILE = "model.pt"
-CACHE_FILE = "cache.npz"
+CACHE_FILE = RUN_CACHE_FILE  # where `tradeoff search` looks by default (commands.defaults.newest_cache)
 DEMO_ARCH = "scan_small"
 DEMO_DATA = "digits"
 # `--data` -> the model trained on it (each with its data's default schedule in train.py).
@@ -103,7 +103,7 @@ def run_demo(
         seconds["train"] = time.perf_counter() - t0
 
         # 2. cache (what `tradeoff cache` runs)
-        log(f"[2/3] caching every exit's logits on val and test (built beside {out}/, moved into it at the end)")
+        log(f"[2/3] caching every exit's logits on val and test (kept as {out / CACHE_FILE})")
         t0 = time.perf_counter()
         cached = cache_checkpoint(staging / MODEL_FILE, staging / CACHE_FILE, data=data)
         log(exit_summary_table(cached.cache))
@@ -145,16 +145,17 @@ def run_demo(
 
 def demo_summary(result: DemoResult) -> str:
     """A few lines: the network, the chosen thresholds, what they give on val and test."""
-    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-    exits = " / ".join(pct(a) for a in result.exit_test_accuracy)
+    from tradeoff.report.documents import accuracy_text as acc, share_text
+
+    exits = " / ".join(acc(a) for a in result.exit_test_accuracy)
     lines = [
         "",
         f"demo results in {result.out}/",
-        f"  each exit alone on test (shallow -> deep): {exits}; deepest exit {pct(result.exit_test_accuracy[-1])}",
+        f"  each exit alone on test (shallow -> deep): {exits}; deepest exit {acc(result.exit_test_accuracy[-1])}",
         f"  chosen thresholds: {', '.join(f'{t:.4f}' for t in result.thresholds)}",
-        f"  accuracy: val {pct(result.val_accuracy)}, test {pct(result.test_accuracy)}",
+        f"  accuracy: val {acc(result.val_accuracy)}, test {acc(result.test_accuracy)}",
         f"  speed-up vs the single-exit network (FLOPs): val {result.speedup_val:.2f}x, test {result.speedup_test:.2f}x",
-        f"  test samples leaving at each exit: {' / '.join(pct(f) for f in result.exit_fractions_test)}",
+        f"  test samples leaving at each exit: {' / '.join(share_text(f) for f in result.exit_fractions_test)}",
         f"  time: train {result.seconds['train']:.1f} s, cache {result.seconds['cache']:.1f} s, "
         f"search+report {result.seconds['search']:.1f} s, total {result.seconds['total']:.1f} s",
         f"  next: open {result.out}/pareto.png, or `tradeoff run --ckpt {result.out}/{MODEL_FILE} "
@@ -164,10 +165,22 @@ def demo_summary(result: DemoResult) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train the embedded default, cache it, search it, plot it")
+    from tradeoff.commands.common import add_command
+
+    p = add_command(
+        sub, "demo", help="train the embedded default (or Fashion-MNIST), cache it, search it, plot it",
+        description="The whole tool on a CPU: train scan_small on scikit-learn's digits (about a minute and a half; "
+                    "or scan_cnn on Fashion-MNIST with --data fashion-mnist, a few minutes), with a fixed seed, cache "
+                    "its exits, search thresholds with the default pick (no loss against the deepest exit on val) and "
+                    "write <out>/ with model.pt, cache.npz, thresholds.json, pareto.csv, summary.json, pareto.png, "
+                    "exits.png and report.html. `tradeoff search` without --cache then finds <out>/cache.npz.",
+        examples="make demo    # = python -m tradeoff demo --out results/demo\n"
+                 "make demo-fashion    # = python -m tradeoff demo --data fashion-mnist --out results/fashion\n"
+                 "tradeoff demo --out results/demo2 --seed 1",
+    )
     p.add_argument("--out", help=f"run directory to write (an old demo there is replaced; default {DEFAULT_DEMO_DIR} "
                                  f"for digits, {DEFAULT_FASHION_DIR} for fashion-mnist)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the training and the search (default 0)")
     p.add_argument("--data", default=DEMO_DATA, choices=tuple(DEMO_ARCHS),
                    help="digits (embedded, ~1 min) or fashion-mnist (Debian's dataset-fashion-mnist, a few minutes)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the data's schedule)")
@@ -181,9 +194,12 @@ def run(args) -> int:
     # The demo models are small: one thread is faster than two on a busy machine (scan_cnn:
     # 1,534 against 313 img/s, issue 10), and a fixed count keeps the run reproducible.
     torch.set_num_threads(1)
+    from tradeoff.commands.common import progress_enabled
+
     data = args.data
     out = args.out or (DEFAULT_DEMO_DIR if data == DEMO_DATA else DEFAULT_FASHION_DIR)
-    result = run_demo(out, data=data, seed=args.seed, epochs=getattr(args, "epochs", None), log=print)
+    result = run_demo(out, data=data, seed=args.seed, epochs=getattr(args, "epochs", None), log=print,
+                      progress=progress_enabled(args))
     print(demo_summary(result))
     sys.stdout.flush()
     return 0

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from tradeoff.commands.common import add_command
+
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score given thresholds on a cache (val, test, all); no search")
+    p = add_command(
+        sub, "evaluate", help="score given thresholds on a cache (val, test, all); no search",
+        description="Score thresholds you already have (a run's thresholds.json, or a paper's published ones) on a cache, without searching: accuracy, mean FLOPs, speed-up and where the samples leave, for the val, test and all rows, under any exit rule (--fallback, --confidence). With --speedup-convention scan it also shows SCAN's official constant-ratio speed-up, labelled as such.",
+        examples='tradeoff evaluate --cache results/demo/cache.npz --thresholds results/demo/thresholds.json\ntradeoff evaluate --cache scan18.npz --thresholds 0.98,0.97,0.98,0.95 --fallback ensemble --speedup-convention scan\ntradeoff evaluate --cache results/demo/cache.npz --thresholds 0.9,off --json eval.json',
+    )
     p.add_argument("--cache", required=True, help="cache file (.npz) written by `tradeoff cache` or `tradeoff import`")
     p.add_argument("--thresholds", required=True,
                    help="a thresholds.json, or numbers separated by commas with `off` for a switched-off exit "

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from tradeoff.commands.common import add_command
+
 import sys
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="write an ONNX model with the chosen thresholds inside (real early exit)")
+    p = add_command(
+        sub, "export", help="write an ONNX model with the chosen thresholds inside (real early exit)",
+        description="Export the model with its exit rule inside as one ONNX file (ONNX If/Scan control flow: a sample that leaves at exit k never runs section k+1). Input 'input' float32 (N, C, H, W); outputs 'label', 'exit' (0-based) and 'confidence'. The thresholds, rule and checkpoint sha256 are in the file's metadata_props.",
+        examples='tradeoff export --ckpt results/demo/model.pt --thresholds results/demo/thresholds.json --out model.onnx\ntradeoff export --ckpt model.pt --thresholds results/x/thresholds.json --out early.onnx --original original.onnx',
+    )
     p.add_argument("--ckpt", required=True, help="the checkpoint the thresholds were searched for")
     p.add_argument("--thresholds", required=True, help="results/<run>/thresholds.json")
     p.add_argument("--out", required=True, help="ONNX file to write (atomically)")
@@ -31,7 +37,7 @@ def run(args) -> int:
 
     if args.original and Path(args.original).resolve() == Path(args.out).resolve():
         raise ValueError(f"--original {args.original} is the same file as --out; give it another name")
-    loaded, tf, _, data = load_inputs(args)
+    loaded, tf, _, data, _ = load_inputs(args)
     example = torch.zeros((1, *data.input_shape), dtype=torch.float32)
     meta = export_metadata(loaded, tf)
     print(f"exporting the early-exit graph of {loaded.arch} ({tf.num_exits} exits) ...", file=sys.stderr, flush=True)

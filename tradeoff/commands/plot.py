@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plot", help="redraw pareto.png and exits.png from a results directory")
+    from tradeoff.commands.common import add_command
+
+    p = add_command(
+        sub, "plot", help="redraw pareto.png and exits.png from a results directory",
+        description="Redraw a run's pictures (pareto.png: accuracy against cost of every method's front; "
+                    "exits.png: where samples leave) from the files `tradeoff search` wrote, without searching again.",
+        examples="tradeoff plot results/demo-acc0.78",
+    )
     p.add_argument("run", help="results/<run> directory written by `tradeoff search`")
     p.set_defaults(func=run)
 
@@ -23,9 +29,10 @@ def run(args) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist; give a results/<run> directory written by `tradeoff search`")
-    has_lock = (run_dir.parent / f"{run_dir.name}.lock").exists()
-    lock = report.run_lock(run_dir) if has_lock else contextlib.nullcontext()
-    with lock:
+    from tradeoff.commands.common import prepare_output
+
+    prepare_output(run_dir / "pareto.png")  # a read-only run fails before drawing
+    with report.run_lock(run_dir):
         files = read_run_files(run_dir, lock=False)
         paths = save_plots(pareto_plot_data(files), exits_plot_data(files), run_dir)
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from tradeoff.commands.common import add_command
+
 import sys
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("profile", help="measure the device latency of every section, head and exit decision "
-                                       "(for `tradeoff search --cost latency`)")
+    p = add_command(
+        sub, "profile", help="measure the device latency of every section, head and exit decision "
+                                       "(for `tradeoff search --cost latency`)",
+        description="Measure, on this machine, the latency of every section, head and exit decision (and of the original single-exit network) with the runtime's own early-exit code, at each batch size; medians of interleaved repeats with their spread. Run it on the deployment device, bring latency.json back, and search in milliseconds with `tradeoff search --cost latency --latency latency.json`.",
+        examples='tradeoff profile --ckpt results/demo/model.pt --out latency.json\ntradeoff profile --ckpt model.pt --batch-size 1 8 64 --compiled --threads 1 --out latency.json',
+    )
     p.add_argument("--ckpt", required=True, help="the checkpoint to profile")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
     p.add_argument("--num-classes", type=int, help="number of classes (for bare state_dicts)")

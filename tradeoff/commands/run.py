@@ -6,8 +6,18 @@ import sys
 from pathlib import Path
 
 
+from tradeoff.commands.common import add_command, prepare_output, progress_enabled, si_int
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="real early-exit inference with chosen thresholds; measured latency")
+    p = add_command(
+        sub, "run", help="real early-exit inference with chosen thresholds; measured latency",
+        description="Apply a run's thresholds.json to its model for real on the test split: each sample stops at "
+                    "the first confident exit; reports accuracy, where samples left, and measured latency against "
+                    "the original single-exit network, and writes the measurements as JSON.",
+        examples="tradeoff run --ckpt results/demo/model.pt --thresholds results/demo-acc0.78/thresholds.json\n"
+                 "tradeoff run --ckpt model.pt --thresholds results/x/thresholds.json --batch-size 64 --compiled",
+    )
     p.add_argument("--ckpt", required=True, help="the checkpoint the thresholds were searched for")
     p.add_argument("--thresholds", required=True, help="results/<run>/thresholds.json")
     p.add_argument("--arch", help="model name (for bare state_dicts), or pkg.module:builder")
@@ -17,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="data whose test split is run (default: the checkpoint's, else digits)")
     p.add_argument("--cache", help="the cache the thresholds came from: checked by sha256, and the runtime's "
                                    "exits compared with the exit rule on its test logits")
-    p.add_argument("--batch-size", type=int, default=1, help="samples per forward call (default 1: deployment latency)")
+    p.add_argument("--batch-size", type=si_int, default=1, help="samples per forward call (default 1: deployment latency)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes over the split; the median is reported")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: batch-1 latency is steadiest on one core)")
@@ -40,7 +50,8 @@ def load_inputs(args):
     """Checkpoint, validated thresholds file, data spec and test split of `run` / `export`.
 
     Returns:
-        (loaded checkpoint, ThresholdsFile, data spec, Dataset with the test split).
+        (loaded checkpoint, ThresholdsFile, data spec, Dataset with the test split, the cache to
+        compare with: --cache, else the one the thresholds were searched on if it is there, or None).
     """
     from tradeoff.cache.build import check_model_contract
     from tradeoff.checkpoint import load_checkpoint
@@ -59,12 +70,10 @@ def load_inputs(args):
     if loaded.stripped_prefix:
         print(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {args.ckpt} carries")
     K = len(model_stages(loaded.model))
-    cache_sha = None
-    if getattr(args, "cache", None):
-        if not Path(args.cache).is_file():
-            raise FileNotFoundError(f"--cache {args.cache} does not exist; pass the cache the thresholds were searched on")
-        cache_sha = sha256_file(args.cache)
-    tf = read_rule(args.thresholds, num_exits=K, cache_sha256=cache_sha, checkpoint_sha256=loaded.sha256)
+    tf = read_rule(args.thresholds, num_exits=K, checkpoint_sha256=loaded.sha256)
+    cache_path = _cache_to_compare(args, tf, sha256_file)
+    if cache_path is not None:
+        read_rule(args.thresholds, num_exits=K, cache_sha256=sha256_file(cache_path))  # another cache: one clear line
     spec = args.data or loaded.data or "digits"
     data = load_data(spec, splits=("test",))
     if data.y.max() >= loaded.num_classes:
@@ -73,7 +82,7 @@ def load_inputs(args):
             "pass the data the model was trained for"
         )
     check_model_contract(loaded.model, data)
-    return loaded, tf, spec, data
+    return loaded, tf, spec, data, cache_path
 
 
 def run(args) -> int:
@@ -91,16 +100,17 @@ def run(args) -> int:
     if args.backend == "onnxruntime":
         return run_onnxruntime(args)
     torch.set_num_threads(args.threads)
-    loaded, tf, spec, data = load_inputs(args)
+    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
+    expect = prepare_output(out)  # before the model runs: a read-only folder fails now
+    loaded, tf, spec, data, cache_path = load_inputs(args)
     costs = exit_costs(loaded.model, data.input_shape)
     compiled = bool(getattr(args, "compiled", False))
     runner = EarlyExitModel(loaded.model, tf.rule, compiled=compiled)
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
-                              batch_size=args.batch_size, repeats=args.repeats, progress=True)
+                              batch_size=args.batch_size, repeats=args.repeats, progress=progress_enabled(args))
     predicted = _predicted_latency(args, tf.path, loaded.sha256, tf.num_exits, report.exit_fractions, compiled)
-    agreement = cache_agreement(args.cache, tf.rule, data.y, report) if args.cache else None
-    disagreement = unexplained_disagreements(args.cache, tf.rule, report) if args.cache else None
-    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-b{args.batch_size}.json"
+    agreement = cache_agreement(cache_path, tf.rule, data.y, report) if cache_path is not None else None
+    disagreement = unexplained_disagreements(cache_path, tf.rule, report) if cache_path is not None else None
     doc = report_document(
         report,
         batch_size=args.batch_size,
@@ -121,7 +131,7 @@ def run(args) -> int:
         torch_version=torch.__version__,
         **predicted,
     )
-    write_json_atomic(out, doc)
+    write_json_atomic(out, doc, expect=expect)
     print(report_table(report, tf.rule.thresholds, search_test=tf.test))
     if predicted:
         measured = report.latency.latency_ms
@@ -185,11 +195,12 @@ def run_onnxruntime(args) -> int:
 
     if args.compiled:
         raise ValueError("--compiled applies to --backend torch; ONNX Runtime optimises the exported graph itself")
-    loaded, tf, spec, data = load_inputs(args)
+    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-onnx-b{args.batch_size}.json"
+    expect = prepare_output(out)  # before the export and the timing: a read-only folder fails now
+    loaded, tf, spec, data, cache_path = load_inputs(args)
     K = tf.num_exits
     x = np.asarray(data.x, dtype=np.float32)
     example = torch.from_numpy(x[:1].copy())
-    out = Path(args.out) if args.out else Path(args.thresholds).parent / f"run-onnx-b{args.batch_size}.json"
     meta = export_metadata(loaded, tf)
     with tempfile.TemporaryDirectory(prefix="tradeoff-onnx-") as tmp:
         print("exporting the early-exit graph and the original network to ONNX ...", file=sys.stderr, flush=True)
@@ -208,16 +219,50 @@ def run_onnxruntime(args) -> int:
     report = RuntimeReport(accuracy=float(np.mean(labels == y)), exit_fractions=np.bincount(exits, minlength=K) / exits.size,
                            exits=exits, predictions=labels, flops=costs.flops, baseline_flops=costs.baseline_flops,
                            latency=latency)
-    agreement = onnx_cache_agreement(args.cache, tf.rule, y, labels, exits) if args.cache else None
+    agreement = onnx_cache_agreement(cache_path, tf.rule, y, labels, exits) if cache_path is not None else None
     doc = report_document(report, backend="onnxruntime", batch_size=args.batch_size, threads=args.threads,
                           repeats=args.repeats, **tf.rule.document(), thresholds_file=str(tf.path), checkpoint=str(loaded.path),
                           checkpoint_sha256=loaded.sha256, arch=loaded.arch, data=spec, split="test",
                           data_fingerprint=data.fingerprint, search_test=tf.test, cache_agreement=agreement,
                           onnxruntime_version=onnxruntime_version(), torch_version=torch.__version__)
-    write_json_atomic(out, doc)
+    write_json_atomic(out, doc, expect=expect)
     print(report_table(report, tf.rule.thresholds, search_test=tf.test))
     if agreement is not None:
         print(f"\nagreement with the cache's exit rule on the test split: {agreement['exits']:.2%} of exits, "
               f"{agreement['predictions']:.2%} of answers (ONNX Runtime, CPU provider)")
     print(f"\nwrote {out}")
     return 0
+
+
+def _cache_to_compare(args, tf, sha256_file) -> Path | None:
+    """--cache, else (without --data) the cache the run recorded, found relative to the thresholds
+    file, when it still holds the very bytes searched; None when there is none to compare with.
+
+    Raises:
+        FileNotFoundError: --cache does not exist.
+        ValueError: --cache is the recorded cache file but was rebuilt since the search (say
+            with --logits-dtype float16): the message names that cause and the fix, not the path.
+    """
+    from tradeoff.report.documents import resolve_recorded_cache
+
+    recorded = resolve_recorded_cache(Path(args.thresholds).parent, tf.cache)
+    if not getattr(args, "cache", None):
+        # Only for the data the cache was built on (the checkpoint's): other data has other test rows.
+        if args.data is None and recorded is not None and recorded.is_file() and sha256_file(recorded) == tf.cache_sha256:
+            print(f"comparing with the run's cache {recorded}")
+            return recorded
+        return None
+    given = Path(args.cache)
+    if not given.is_file():
+        raise FileNotFoundError(f"--cache {given} does not exist; pass the cache the thresholds were searched on")
+    if tf.cache_sha256 and recorded is not None and recorded.is_file() and recorded.resolve() == given.resolve() \
+            and sha256_file(given) != tf.cache_sha256:
+        from tradeoff.cache.format import load_cache
+
+        rebuilt = load_cache(given)
+        raise ValueError(
+            f"--cache {given} is the file {args.thresholds} was searched on, but it was rebuilt since (it now holds "
+            f"{rebuilt.logits.dtype} logits, created {rebuilt.meta.get('created', '?')}), so the thresholds may not fit "
+            f"it; search it again: tradeoff search --cache {given} --out {Path(args.thresholds).parent}"
+        )
+    return given

@@ -12,12 +12,29 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
+
+from tradeoff.commands.common import add_command, progress_enabled, si_int
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a multi-exit model (SCAN self-distillation, SideNet, Adjoined, DAN)")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--data", default="digits")
+    models = "{MODELS}"  # filled in when --help is shown: listing them imports torch, which parsing must not
+    p = add_command(
+        sub, "train", help="train a multi-exit model (SCAN self-distillation, SideNet, Adjoined, DAN)",
+        description="Train a multi-exit network (in one process, or in several under torchrun with "
+                    "DistributedDataParallel) and keep the epoch with the best mean val accuracy over its exits "
+                    f"(--select) as a tradeoff checkpoint. Models: {models}.",
+        examples="tradeoff train --arch scan_small --data digits --out results/scan-small/model.pt\n"
+                 "tradeoff train --arch scan_cnn --data fashion-mnist --out results/fashion-cnn.pt\n"
+                 "tradeoff train --arch mainnet_small --out main.pt && tradeoff train --arch sidenet --main main.pt --out side.pt\n"
+                 "torchrun --nproc_per_node 2 -m tradeoff train --arch scan_small --out model.pt",
+    )
+    show_help = p.format_help
+    p.format_help = lambda: show_help().replace(models, _model_names())
+    p.add_argument("--arch", required=True, metavar="MODEL",
+                   help=f"model to train: {models}; or pkg.module:builder for your own")
+    p.add_argument("--data", default="digits",
+                   help="digits | fashion-mnist[:DIR] | mnist:DIR | cifar100:DIR | cifar10:DIR | npz:PATH (default digits)")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt, tradeoff format)")
     p.add_argument("--main", help="frozen MainNet checkpoint (SideNet only)")
     p.add_argument("--width-fraction", type=float, help="small network's share of channels (Adjoined only; default 0.5)")
@@ -33,10 +50,11 @@ def add_parser(sub) -> None:
     p.add_argument("--taps", help="SCAN only: module names of the backbone to put exits after, shallow -> deep (A,B,C)")
     p.add_argument("--backbone-ckpt", help="SCAN only: the backbone's trained weights (tradeoff or bare state_dict)")
     p.add_argument("--epochs", type=int, help="default: 200 for CIFAR (the paper's schedule), 5 for MNIST layouts, 30 otherwise")
-    p.add_argument("--batch-size", type=int, help="default: 128 for CIFAR, 256 for MNIST layouts, 64 otherwise")
+    p.add_argument("--batch-size", type=si_int, help="global batch (all processes): default 128 for CIFAR, 256 for "
+                                                     "MNIST layouts, 64 otherwise")
     p.add_argument("--lr", type=float, help="default: 0.1 SGD for CIFAR, 4e-3 Adam one-cycle for MNIST layouts, 3e-3 Adam otherwise")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and augmentation (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for small data, all cores for CIFAR)")
     p.add_argument("--loss", choices=("family", "scan", "ce"),
                    help="family (default): the model family's own objective; scan: SCAN self-distillation; "
@@ -125,11 +143,14 @@ def _on_sigterm(signum, frame):
 def _train(args, ctx, device) -> int:
     from tradeoff.data import load_data
     from tradeoff.models import resolve_builder
+    from tradeoff.report.documents import accuracy_text
     from tradeoff.training.loop import TrainingInterrupted, default_config, train_model
 
     main = ctx is None or ctx.is_main
     arch_kwargs = _arch_kwargs(args)
     resolve_builder(args.arch)
+    if main:
+        _refuse_other_models_checkpoint(Path(args.out), args.arch, args.data)
     dataset = load_data(args.data, splits=("train", "val"))
     _set_threads(args, dataset, ctx)
     config = default_config(
@@ -142,7 +163,7 @@ def _train(args, ctx, device) -> int:
         result = train_model(
             args.arch, args.data, args.out, arch_kwargs=arch_kwargs, main=args.main, config=config,
             trust=bool(getattr(args, "trust_checkpoint", False)), log=print if main else None, dataset=dataset,
-            progress=main and not getattr(args, "no_progress", False), dist=ctx, dist_device=device,
+            progress=main and progress_enabled(args), dist=ctx, dist_device=device,
             resume=getattr(args, "resume", None),
         )
     except TrainingInterrupted as exc:
@@ -152,16 +173,17 @@ def _train(args, ctx, device) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if main:
-        shown = " / ".join(f"{a * 100:.2f}" for a in result.best_val_accuracy)
+        shown = " / ".join(accuracy_text(a) for a in result.best_val_accuracy)
         where = "" if ctx is None else f" on {ctx.world_size} processes (global batch {config.batch_size})"
         print(f"saved {result.path} (epoch {result.best_epoch} of {result.epochs}, chosen on {result.selected_by}; "
-              f"val accuracy per exit {shown}%) in {result.seconds:.1f} s{where}")
+              f"val accuracy per exit {shown}) in {result.seconds:.1f} s{where}")
     return 0
 
 
 def _run_dan(args, ctx, device) -> int:
     """`tradeoff train --arch dan_<family>`: parse-level settings -> `train_dan`, then a summary."""
     from tradeoff.data import load_data
+    from tradeoff.report.documents import accuracy_text
     from tradeoff.training.dan import DANConfig, dan_family, train_dan
     from tradeoff.training.loop import default_config
 
@@ -191,14 +213,50 @@ def _run_dan(args, ctx, device) -> int:
         raise ValueError(f"--arch {args.arch} runs its search on the CPU only; got --device {config.device}")
     main = ctx is None or ctx.is_main
     result = train_dan(args.arch, args.data, args.out, config=config, dan=dan, dataset=dataset,
-                       log=print if main else None, progress=main and not getattr(args, "no_progress", False),
+                       log=print if main else None, progress=main and progress_enabled(args),
                        dist=ctx, dist_device=device)
     if not main:
         return 0
     fine = result.finetune
-    shown = " / ".join(f"{a * 100:.2f}" for a in fine.best_val_accuracy)
+    shown = " / ".join(accuracy_text(a) for a in fine.best_val_accuracy)
     widths = " ".join(f"{k}={v}" for k, v in result.small_widths.items())
     print(f"saved {result.path} ({result.arch}, learned widths {widths}; small network {result.derived_flops:.4g} "
-          f"FLOPs = {result.derived_flops / result.flops_target:.3f} x target; val accuracy per exit {shown}%) "
+          f"FLOPs = {result.derived_flops / result.flops_target:.3f} x target; val accuracy per exit {shown}) "
           f"in {result.search_seconds + result.finetune_seconds:.1f} s")
     return 0
+
+
+def _model_names() -> str:
+    from tradeoff.models import list_models
+
+    return ", ".join(list_models())
+
+
+def _checkpoint_header(path: Path) -> dict | None:
+    """The tradeoff checkpoint's dict at `path` (weights only, never unpickled), or None if it is not one."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable or foreign file: not one of ours
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == "tradeoff-ckpt" else None
+
+
+def _refuse_other_models_checkpoint(out: Path, arch: str, data: str) -> None:
+    """`tradeoff cache` never overwrites another model's cache; `train` never another model's checkpoint.
+
+    Raises:
+        ValueError: `out` exists and is not a tradeoff checkpoint of this arch and data.
+    """
+    if not out.is_file():
+        return
+    header = _checkpoint_header(out)
+    if header is None:
+        raise ValueError(f"--out {out} exists and is not a tradeoff checkpoint; delete it or choose another --out")
+    if header.get("arch") != arch or header.get("data") != data:
+        raise ValueError(
+            f"--out {out} holds a checkpoint of another model ({header.get('arch')} on {header.get('data')}, "
+            f"not {arch} on {data}); delete it or choose another --out"
+        )
+    print(f"note: {out} holds an earlier {arch} checkpoint on {data}; it is replaced by this training")

@@ -4,11 +4,12 @@ Like fvcore's `flop_count_table`, this module only turns results into text; it c
 nothing. Two promises hold for the files of one run directory:
 
 * Determinism: `pareto.csv` and `thresholds.json` hold no timing, no date and no
-  absolute path the caller did not give, and every float is written with `repr` (the
+  absolute path (the cache is recorded relative to the run directory, so the run can be
+  read from any folder and moved together with its cache), and every float is written with `repr` (the
   shortest string that reads back to the same double), so the same cache, settings and
   seed give byte-identical files. Timings live in `summary.json` only.
 * Whole runs: a run is written into a temporary sibling directory and swapped into place
-  under an exclusive `fcntl.flock` on `<out>.lock`, so a reader holding the shared lock
+  under an exclusive `fcntl.flock` on the parent folder, so a reader holding the shared lock
   sees the old complete run or the new complete one, never a mix (see `write_run`).
 
 `format_table` is the project's one terminal-table formatter; every command's summary
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from tradeoff import __version__
-from tradeoff.fileio import pid_alive, sibling_tempdir, write_json_atomic, write_text_atomic
+from tradeoff.fileio import ANY, ensure_unchanged, pid_alive, sibling_tempdir, write_json_atomic, write_text_atomic
 from tradeoff.policy.rule import OFF_THRESHOLD, threshold_text
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -114,15 +115,28 @@ def _cell(value, float_format: str) -> str:
     return str(value)
 
 
+def accuracy_text(accuracy: float) -> str:
+    """The one display convention for accuracies: a fraction with four decimals (0.9889), as
+    --target-acc takes it and the JSON/CSV files store it. Shares of samples are shown as
+    percentages (`share_text`); --max-drop alone is in percentage points."""
+    return f"{float(accuracy):.4f}"
+
+
+def share_text(fraction: float) -> str:
+    """A share of samples (where they leave) as a percentage: 75.6%."""
+    return f"{100 * float(fraction):.1f}%"
+
+
 def mflops_text(flops: float) -> str:
     """A cost for display, in MFLOPs with a fixed number of decimals per magnitude
-    (so a column of them lines up): 466.0, 12.35, 0.1234."""
+    (so a column of them lines up): 466.0, 12.35; below one MFLOP four significant digits
+    (0.1234, 0.0001235), so a small model never shows 0.00."""
     m = float(flops) / 1e6
     if abs(m) >= 100:
         return f"{m:.1f}"
     if abs(m) >= 1:
         return f"{m:.2f}"
-    return f"{m:.4f}"
+    return f"{m:.4g}"
 
 
 # --------------------------------------------------------------------------- documents
@@ -199,9 +213,9 @@ def _guarantee(result) -> dict | None:
 def pareto_csv(result, method: str = "nsga") -> str:
     """One row per point of `method`'s front (sorted by val cost), as CSV text.
 
-    Columns: t1..t{K-1}, val_accuracy, test_accuracy, flops (val, fvcore count), mflops,
-    speedup (vs the original network), test_flops, then the val exit fraction of every
-    exit (`val_frac_<exit name>`). Floats are written with `repr`, so the bytes depend on
+    Columns: t1..t{K-1}, val_accuracy, test_accuracy, val_flops (fvcore count), val_mflops,
+    val_speedup (vs the original network), test_flops, test_speedup, then the val exit
+    fraction of every exit (`val_frac_<exit name>`). Every figure names its split. Floats are written with `repr`, so the bytes depend on
     the values only.
     """
     front = result.front(method)
@@ -210,7 +224,7 @@ def pareto_csv(result, method: str = "nsga") -> str:
         headers = [f"t{k + 1}_c{c}" for k in range(M) for c in range(front.thresholds.shape[2])]
     else:
         headers = [f"t{k + 1}" for k in range(M)]
-    headers += ["val_accuracy", "test_accuracy", "flops", "mflops", "speedup", "test_flops"]
+    headers += ["val_accuracy", "test_accuracy", "val_flops", "val_mflops", "val_speedup", "test_flops", "test_speedup"]
     headers += [f"val_frac_{_csv_name(name)}" for name in result.exit_names]
     lines = [",".join(headers)]
     for i in range(front.size):
@@ -222,6 +236,7 @@ def pareto_csv(result, method: str = "nsga") -> str:
             flops / 1e6,
             result.baseline_flops / flops,
             front.test.flops[i],
+            result.baseline_flops / float(front.test.flops[i]),
         ]
         values += list(front.val.exit_fractions[i])
         width = front.thresholds[i].size  # threshold cells come first; a switched-off exit reads "off"
@@ -403,28 +418,55 @@ def summary_text(result) -> str:
                  f"batch {lat['batch_size']}: chosen point on test predicted {t['predicted_latency_ms']:.4g} ms/sample "
                  f"({t['predicted_speedup_ms']:.2f}x vs the original's {lat['original_ms']:.4g} ms), "
                  f"{t['flops'] / 1e6:.4g} MFLOPs ({t['speedup_flops']:.2f}x by FLOPs)")
-    return "\n".join(head) + "\n\n" + chosen_table + "\n\n" + exit_table + "\n\n" + method_table + "\n\n" + tail
+    note = genetic_search_note(result)
+    return ("\n".join(head) + "\n\n" + chosen_table + "\n\n" + exit_table + "\n\n" + method_table
+            + ("\n" + note if note else "") + "\n\n" + tail)
+
+
+# Below this relative hypervolume gain NSGA-II and the best baseline are taken to tie.
+GENETIC_TIE = 5e-4
+
+
+def genetic_search_note(result) -> str | None:
+    """One line saying whether NSGA-II beat the baselines on this cache, and when it matters.
+
+    With one or two thresholds (K <= 3) an exhaustive grid or a random search covers the
+    space and ties NSGA-II; the genetic search pays off with many exits, per-class
+    thresholds or latency costs (`make bench`: when_nsga measures it at K = 8).
+    """
+    volumes = {f.method: float(f.hypervolume) for f in result.fronts}
+    if "nsga" not in volumes or len(volumes) < 2:
+        return None
+    nsga = volumes.pop("nsga")
+    best = max(volumes, key=volumes.get)
+    gain = (nsga - volumes[best]) / volumes[best] if volumes[best] > 0 else 0.0
+    head = f"NSGA-II vs the best baseline ({best}): val hypervolume {gain:+.3%}"
+    if gain < GENETIC_TIE:
+        return (f"{head}; with {result.num_exits - 1} threshold(s) the baselines already cover the space - the "
+                "genetic search pays off with many exits, per-class thresholds or latency costs (make bench: when_nsga)")
+    return f"{head}: the genetic search found points the baselines missed"
 
 
 # --------------------------------------------------------------------------- run directory
 @contextlib.contextmanager
 def run_lock(out: str | os.PathLike, *, shared: bool = False) -> Iterator[None]:
-    """Hold `fcntl.flock` on `<out>.lock`: exclusive to replace a run, shared to read one.
+    """Hold `fcntl.flock` on the folder that holds `out`: exclusive to replace a run, shared to read one.
 
-    Readers only lock when the lock file exists (a run never written by this tool has
-    none), so reading never creates files.
+    The lock is the parent directory itself, not a `<out>.lock` file: a lock file can never
+    be removed safely (a waiter would hold a lock on the unlinked file while a newcomer
+    locks a new one), so every run used to leave an empty one behind. The cost is that
+    runs in one folder replace one at a time, which takes milliseconds (only the swap is
+    locked). Reading never creates anything; a missing folder is not locked.
     """
     out = Path(out)
-    lock_path = out.parent / f"{out.name}.lock"
-    if shared:
-        try:
-            fd = os.open(lock_path, os.O_RDONLY)
-        except FileNotFoundError:
-            yield
-            return
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not shared:
+        parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(parent, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
@@ -437,6 +479,7 @@ def write_run(
     result,
     *,
     extra: Sequence[Callable[[Path], None]] = (),
+    expect=ANY,
 ) -> Path:
     """Write a whole run directory, replacing any previous run at `out` as one step.
 
@@ -447,13 +490,20 @@ def write_run(
     new directory renamed to `out`; the old run is then removed. If anything fails
     before the swap, the temporary directory is removed and `out` is untouched.
 
+    Args:
+        expect: `tradeoff.fileio.output_stamp(out)` from when the search started: if another
+            process replaced `out` since, this run is not swapped in (FileExistsError) - the
+            later of two concurrent writers fails instead of both reporting success.
+
     Returns:
         The run directory `out`.
 
     Raises:
         PermissionError / OSError: with the path, if the directory cannot be written.
+        FileExistsError: `out` changed since `expect`.
     """
     out = Path(out)
+    result = with_cache_relative_to(result, out)
     tmp = sibling_tempdir(out, f"tmp-{os.getpid()}")
     parent = tmp.parent
     try:
@@ -464,6 +514,7 @@ def write_run(
             write(tmp)
         os.chmod(tmp, 0o755)
         with run_lock(out):
+            ensure_unchanged(out, expect)
             _remove_stale(parent, out.name)
             if out.is_dir() and _exchange(tmp, out):
                 shutil.rmtree(tmp, ignore_errors=True)  # now holds the old run
@@ -479,6 +530,28 @@ def write_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def with_cache_relative_to(result, run_dir: str | os.PathLike):
+    """`result` with its cache path relative to `run_dir`, as `thresholds.json` and `summary.json`
+    record it: readers resolve it against the run directory (`resolve_recorded_cache`), from
+    whatever folder they run in. (Paths relative to the folder the search ran in, as before,
+    could not be found from anywhere else.)"""
+    import dataclasses
+
+    if not result.cache_path:
+        return result
+    relative = os.path.relpath(Path(result.cache_path).resolve(), Path(run_dir).resolve())
+    return dataclasses.replace(result, cache_path=Path(relative).as_posix())
+
+
+def resolve_recorded_cache(run_dir: str | os.PathLike, recorded: str | None) -> Path | None:
+    """The cache a run recorded: relative to the run directory (this tool's runs), else as
+    written (absolute, or runs written before the cache path was made relative)."""
+    if not recorded:
+        return None
+    beside = Path(os.path.normpath(Path(run_dir) / recorded))
+    return beside if Path(recorded).is_absolute() or beside.exists() else Path(recorded)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -560,6 +633,9 @@ def read_run(run_dir: str | os.PathLike, *, lock: bool = True) -> tuple[dict, di
     return docs[THRESHOLDS_FILE], docs[SUMMARY_FILE], texts[PARETO_FILE]
 
 
+_OLD_PARETO_COLUMNS = {"flops": "val_flops", "mflops": "val_mflops", "speedup": "val_speedup"}
+
+
 def parse_pareto_csv(text: str, *, source: str = PARETO_FILE) -> dict[str, list[float]]:
     """Columns of a `pareto.csv` as lists of floats, keyed by header.
 
@@ -570,8 +646,9 @@ def parse_pareto_csv(text: str, *, source: str = PARETO_FILE) -> dict[str, list[
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{source} is empty; rerun `tradeoff search`")
-    headers = lines[0].split(",")
-    for needed in ("val_accuracy", "test_accuracy", "flops", "test_flops"):
+    # Runs written before the val columns were prefixed (issue 15) read the same way.
+    headers = [_OLD_PARETO_COLUMNS.get(h, h) for h in lines[0].split(",")]
+    for needed in ("val_accuracy", "test_accuracy", "val_flops", "test_flops"):
         if needed not in headers:
             raise ValueError(f"{source} has no {needed!r} column (header: {lines[0][:80]!r}); rerun `tradeoff search`")
     columns: dict[str, list[float]] = {h: [] for h in headers}

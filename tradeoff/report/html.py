@@ -306,7 +306,7 @@ def _find_cache(doc: dict, run_dir: Path, given, notes: list[str]):
     if not recorded or not want:
         notes.append("the run was searched on an in-memory cache: no confidence histograms, no test exit shares")
         return None
-    for candidate in (Path(recorded), run_dir / Path(recorded).name):
+    for candidate in (report.resolve_recorded_cache(run_dir, recorded), run_dir / Path(recorded).name):
         if candidate.is_file() and sha256_file(candidate) == want:
             return load_cache(candidate)
     notes.append(f"cache {recorded} not found or changed since the search (sha256): no confidence histograms, no test "
@@ -317,15 +317,15 @@ def _find_cache(doc: dict, run_dir: Path, given, notes: list[str]):
 def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
     """Every front point's exit shares on val and test, and the val confidence histograms."""
     from tradeoff.policy.scoring import score_thresholds
-    from tradeoff.policy.table import exit_table
+    from tradeoff.policy.table import rule_table
 
-    temperatures = (doc.get("calibration") or {}).get("temperatures")
-    rule = dict(confidence=doc.get("confidence", "maxprob"), ensemble=bool(doc.get("ensemble", False)),
-                temperatures=None if temperatures is None else np.asarray(temperatures, dtype=np.float64))
+    # The run's own rule (confidence, ensemble, temperatures, fallback; per-class tables keep
+    # each exit's predictions), read the one way thresholds.json is read.
+    rule = rule_file.read_rule(run_dir / report.THRESHOLDS_FILE).rule
     tables = {}
     for split in ("val", "test"):
         part = cache.select(split)
-        tables[split] = exit_table(part.logits, part.labels, part.flops, **rule)
+        tables[split] = rule_table(part.logits, part.labels, part.flops, rule)
     split_doc = (doc.get("guarantee") or {}).get("split")
     if split_doc:  # with --delta the fronts were searched (and their "val" figures taken) on the search part only
         from tradeoff.search.guarantee import split_val
@@ -343,7 +343,7 @@ def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
     val = tables["val"]
     right = np.array([np.histogram(val.confidence[k][val.correct[k]], edges)[0] for k in range(val.num_exits)])
     wrong = np.array([np.histogram(val.confidence[k][~val.correct[k]], edges)[0] for k in range(val.num_exits)])
-    return out, ConfidenceHistograms(rule["confidence"], edges, right, wrong)
+    return out, ConfidenceHistograms(rule.confidence, edges, right, wrong)
 
 
 # --------------------------------------------------------------------------- the page

@@ -34,17 +34,18 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
         ax.scatter(main.test_mflops, main.test_accuracy, s=22, facecolors="none", edgecolors=color, linewidths=0.9,
                    label="same thresholds on test", zorder=3)
     for series in data.fronts[1:]:
+        same = series.method in data.coincide
         ax.plot(
             series.val_mflops,
             series.val_accuracy,
-            "-",
+            "--" if same else "-",  # drawn over the reported front, dashed, so it shows
             marker=".",
             ms=3,
             lw=1.0,
             alpha=0.75,
             color=METHOD_COLORS.get(series.method),
-            label=f"{METHOD_LABELS.get(series.method, series.method)} (val)",
-            zorder=2,
+            label=f"{METHOD_LABELS.get(series.method, series.method)} (val{'; coincides with the front' if same else ''})",
+            zorder=4.5 if same else 2,
         )
         if show_test and series.test_mflops is not None:  # the per-class front, beside the per-exit one
             ax.scatter(series.test_mflops, series.test_accuracy, s=18, marker="s", facecolors="none",
@@ -56,8 +57,8 @@ def plot_pareto(data: ParetoPlotData, *, figsize: tuple[float, float] = (10.0, 6
                label="each exit alone (val)")
     ax.scatter(xs, [e.test_accuracy for e in data.exits], marker="*", s=170, facecolors="none", edgecolors="black",
                linewidths=0.9, zorder=5, label="each exit alone (test)")
-    for e in data.exits:
-        ax.annotate(e.name, (e.mflops, e.val_accuracy), xytext=(0, 9), textcoords="offset points", ha="center",
+    for e in data.exits:  # above the higher of its two stars, so the label covers neither
+        ax.annotate(e.name, (e.mflops, max(e.val_accuracy, e.test_accuracy)), xytext=(0, 9), textcoords="offset points", ha="center",
                     va="bottom", fontsize=8.5, zorder=7,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
 

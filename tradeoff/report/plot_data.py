@@ -69,6 +69,10 @@ class ParetoPlotData:
         target_label: legend text of that line (None when there is no line).
         certified: legend text of the Learn-then-Test certificate of the chosen point
             (`--delta`), drawn as a ring around it; None when the pick is a val estimate.
+        cost_label: what the cost axis counts ("MFLOPs, fvcore count", or the imported
+            cache's own costs).
+        coincide: the baselines whose val front has the reported front's hypervolume
+            (within 1e-4 relative): drawn over it and said so in the legend.
     """
 
     title: str
@@ -81,6 +85,7 @@ class ParetoPlotData:
     target_label: str | None
     certified: str | None = None
     cost_label: str = "MFLOPs, fvcore count"
+    coincide: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,11 +140,30 @@ def _mflops(values) -> tuple[float, ...]:
 
 
 def _title(meta: dict, cache_path) -> str:
-    """'<arch> - <cache file>', plus a second line when the costs leave ops uncounted."""
-    name = Path(cache_path).name if cache_path else "in-memory cache"
-    title = f"{meta.get('arch') or 'unknown arch'} - {name}"
+    """The model and the data ("scan_small on digits"; the cache file only when the data is unknown),
+    plus a second line when the costs leave ops uncounted."""
+    arch = meta.get("arch") or "unknown model"
+    data = meta.get("data")
+    title = f"{arch} on {data}" if data else f"{arch} - {Path(cache_path).name if cache_path else 'in-memory cache'}"
     note = uncounted_ops_note(meta)
     return f"{title}\n{note}" if note else title
+
+
+def _cost_label(meta: dict) -> str:
+    counter = meta.get("flop_counter")
+    if counter in (None, "fvcore") or str(counter).startswith("fvcore"):
+        return "MFLOPs, fvcore count"
+    return "millions of cost units, as given" if counter == "given" else f"millions, {counter}"
+
+
+COINCIDE = 1e-4  # relative hypervolume difference under which two fronts are drawn as one
+
+
+def _coinciding(volumes: dict[str, float], reported: str) -> tuple[str, ...]:
+    ref = volumes.get(reported)
+    if not ref:
+        return ()
+    return tuple(m for m, v in volumes.items() if m != reported and abs(v - ref) <= COINCIDE * abs(ref))
 
 
 def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, float | None, str | None]:
@@ -201,6 +225,8 @@ def pareto_plot_data(source) -> ParetoPlotData:
     target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
     return _in_ms(ParetoPlotData(
         title=_title(result.cache_meta, result.cache_path),
+        cost_label=_cost_label(result.cache_meta),
+        coincide=_coinciding({f.method: float(f.hypervolume) for f in result.fronts}, "nsga"),
         baseline_mflops=result.baseline_flops / 1e6,
         fronts=tuple(fronts),
         exits=exits,
@@ -252,7 +278,7 @@ def _files_guard(files: RunFiles, gather):
 def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
     summary, chosen_doc, csv = files.summary, files.thresholds, files.pareto
     fronts = [
-        FrontSeries("nsga", _mflops(csv["flops"]), _floats(csv["val_accuracy"]), _mflops(csv["test_flops"]), _floats(csv["test_accuracy"]))
+        FrontSeries("nsga", _mflops(csv["val_flops"]), _floats(csv["val_accuracy"]), _mflops(csv["test_flops"]), _floats(csv["test_accuracy"]))
     ]
     for front in summary["fronts"]:
         if front["method"] != "nsga":
@@ -264,6 +290,8 @@ def _pareto_from_files(files: RunFiles) -> ParetoPlotData:
     target, budget, label = _target_lines(summary["settings"]["pick"], exits[-1].val_accuracy)
     return ParetoPlotData(
         title=_title(summary["cache"]["meta"], summary["cache"]["path"]),
+        cost_label=_cost_label(summary["cache"]["meta"]),
+        coincide=_coinciding({str(f["method"]): float(f["hypervolume"]) for f in summary["fronts"]}, "nsga"),
         baseline_mflops=float(summary["cache"]["baseline_flops"]) / 1e6,
         fronts=tuple(fronts),
         exits=exits,
