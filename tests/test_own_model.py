@@ -212,11 +212,11 @@ def test_current_folder_is_on_the_import_path(tmp_path, monkeypatch):
 
 
 def test_docs_example_really_runs(tmp_path, monkeypatch, capsys):
-    """docs/own_model.md's example, written to ./mymodel.py, trained, cached - no PYTHONPATH."""
+    """The README's "Your own model" example, written to ./mymodel.py, trained, cached - no PYTHONPATH."""
     import re
     from pathlib import Path
 
-    text = (Path(__file__).parents[1] / "docs" / "own_model.md").read_text()
+    text = (Path(__file__).parents[1] / "README.md").read_text()
     code = re.search(r"```python\n(# mymodel.py\n.*?)```", text, re.S).group(1)
     assert len([line for line in code.splitlines() if line.strip()]) <= 17
     (tmp_path / "mymodel.py").write_text(code)

@@ -279,8 +279,8 @@ def train_model(
                                 seconds=seconds_before + time.perf_counter() - started)
                 # at once: an interrupt must name what the files on disk hold
                 best, kept = now_best, epoch
-            shown = " ".join(f"{a * 100:5.1f}" for a in accs)
-            log(f"epoch {epoch:3d}/{config.epochs}  loss {total / seen:.4f}  val acc per exit [{shown}]%"
+            shown = " ".join(f"{a:.4f}" for a in accs)  # fractions, as everywhere (report.documents.accuracy_text)
+            log(f"epoch {epoch:3d}/{config.epochs}  loss {total / seen:.4f}  val acc per exit [{shown}]"
                 + ("  * saved" if improved else ""))
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted(kept, config.epochs, out, save_to, best)) from None
