@@ -24,7 +24,8 @@ from tradeoff.report import html_figures as report_figures
 from tradeoff.cache.format import load_cache, write_cache
 from tradeoff.policy.scoring import score_thresholds
 from tradeoff.policy.table import exit_table
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 GOAL_MB = 8.0

@@ -13,7 +13,8 @@ from tradeoff.report import plots
 
 from tradeoff.report import documents as report
 from tradeoff.cache.format import write_cache
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ from tradeoff.report import pareto_plot, plots
 from tradeoff.report import documents as report
 from tradeoff.cache.format import write_cache
 from tradeoff.commands import main
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tradeoff.report import documents as report
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 

@@ -14,7 +14,9 @@ from tradeoff.cache.format import ExitCache, load_cache, write_cache
 from tradeoff.commands import main
 from tradeoff.policy.scoring import exit_indices, exit_table
 from tradeoff.commands.defaults import default_run_dir, newest_cache
-from tradeoff.search.run import Pick, bootstrap_accuracy_ci, run_search
+from tradeoff.search.picks import bootstrap_accuracy_ci
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]

@@ -69,7 +69,8 @@ def run(args) -> int:
     """`tradeoff search`: pick the cache, search, write the run directory, print a summary."""
     from tradeoff.cache.format import load_cache
     from tradeoff.report import documents as report
-    from tradeoff.search.run import Pick, check_delta_pick, run_search
+    from tradeoff.search.run import run_search
+    from tradeoff.search.settings import Pick, check_delta_pick
 
     pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops,
                              budget_ms=args.budget_ms)
