@@ -9,7 +9,7 @@ import pytest
 
 from tradeoff.report import pareto_plot, plots
 
-from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.cache.format import write_cache
 from tradeoff.commands import main
 from tradeoff.search.run import run_search
@@ -65,7 +65,7 @@ def test_exits_data_is_exactly_the_result(result):
 
 
 def test_files_give_the_same_data_as_the_result(result, tmp_path):
-    report.write_run(tmp_path / "run", result)
+    rundir.write_run(tmp_path / "run", result)
     assert plots.pareto_plot_data(tmp_path / "run") == plots.pareto_plot_data(result)
     assert plots.exits_plot_data(str(tmp_path / "run")) == plots.exits_plot_data(result)
 
@@ -111,7 +111,7 @@ def test_budget_pick_draws_a_budget_line(result):
 
 def test_plot_command_redraws_from_the_files(result, tmp_path, capsys):
     run = tmp_path / "run"
-    report.write_run(run, result)
+    rundir.write_run(run, result)
     assert main(["plot", str(run)]) == 0
     for name in ("pareto.png", "exits.png"):
         assert (run / name).read_bytes().startswith(PNG_MAGIC)
@@ -135,7 +135,7 @@ def test_plot_command_damaged_runs_fail_in_one_line(result, tmp_path, capsys, da
         run = tmp_path / "nowhere"
         match = "run directory .*nowhere does not exist"
     else:
-        report.write_run(run, result)
+        rundir.write_run(run, result)
         damage(run)
     assert main(["plot", str(run)]) == 1
     err = capsys.readouterr().err
@@ -161,7 +161,7 @@ def test_speedup_ticks_are_round_and_apart():
 
 # --------------------------------------------------------------------------- issue 15, item 10
 def test_small_costs_keep_significant_digits():
-    from tradeoff.report.documents import mflops_text
+    from tradeoff.report.tables import mflops_text
 
     assert mflops_text(1234.0) == "0.001234" and mflops_text(123_400.0) == "0.1234" and mflops_text(2.5e7) == "25.00"
 

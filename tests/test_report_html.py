@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.report import html as report_html
 from tradeoff.report import html_figures as report_figures
 from tradeoff.cache.format import load_cache, write_cache
@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory):
     write_cache(cache_path, synthetic_cache(num_samples=1200, num_classes=10, exit_accuracies=(0.7, 0.85, 0.9), seed=3))
     result = run_search(load_cache(cache_path), pick=Pick("target_acc", 0.85), pop=24, gens=8, seed=0, cache_path=cache_path)
     run = base / "run"
-    report.write_run(run, result)
+    rundir.write_run(run, result)
     return run, result
 
 

@@ -383,10 +383,10 @@ def _spawn(cache_file, out, *extra, threads=1):
 
 def _check_complete(run):
     """A run directory is complete and self-consistent: the chosen point is a row of pareto.csv."""
-    from tradeoff.report import documents as report
+    from tradeoff.report import rundir
 
-    thresholds, summary, csv_text = report.read_run(run)
-    columns = report.parse_pareto_csv(csv_text)
+    thresholds, summary, csv_text = rundir.read_run(run)
+    columns = rundir.parse_pareto_csv(csv_text)
     rows = list(zip(columns["t1"], columns["t2"]))
     assert tuple(thresholds["thresholds"]) in rows
     assert summary["chosen"]["thresholds"] == thresholds["thresholds"]

@@ -243,7 +243,7 @@ def _cache_to_compare(args, tf, sha256_file) -> Path | None:
         ValueError: --cache is the recorded cache file but was rebuilt since the search (say
             with --logits-dtype float16): the message names that cause and the fix, not the path.
     """
-    from tradeoff.report.documents import resolve_recorded_cache
+    from tradeoff.report.rundir import resolve_recorded_cache
 
     recorded = resolve_recorded_cache(Path(args.thresholds).parent, tf.cache)
     if not getattr(args, "cache", None):

@@ -143,7 +143,7 @@ def _on_sigterm(signum, frame):
 def _train(args, ctx, device) -> int:
     from tradeoff.data import load_data
     from tradeoff.models import resolve_builder
-    from tradeoff.report.documents import accuracy_text
+    from tradeoff.report.tables import accuracy_text
     from tradeoff.training.loop import TrainingInterrupted, default_config, train_model
 
     main = ctx is None or ctx.is_main
@@ -183,7 +183,7 @@ def _train(args, ctx, device) -> int:
 def _run_dan(args, ctx, device) -> int:
     """`tradeoff train --arch dan_<family>`: parse-level settings -> `train_dan`, then a summary."""
     from tradeoff.data import load_data
-    from tradeoff.report.documents import accuracy_text
+    from tradeoff.report.tables import accuracy_text
     from tradeoff.training.dan import DANConfig, dan_family, train_dan
     from tradeoff.training.loop import default_config
 

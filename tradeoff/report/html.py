@@ -26,6 +26,7 @@ import numpy as np
 from tradeoff import __version__
 from tradeoff.policy import rule as rule_file
 from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.fileio import sha256_file, write_text_atomic
 from tradeoff.report.style import METHOD_LABELS
 
@@ -181,11 +182,11 @@ def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike |
             format version, or a given cache that is not the run's.
     """
     run_dir = Path(run_dir)
-    thresholds_doc, summary, csv_text = report.read_run(run_dir, lock=lock)
-    _check_format(run_dir / report.THRESHOLDS_FILE, thresholds_doc, rule_file.FORMAT, rule_file.VERSION)
-    _check_format(run_dir / report.SUMMARY_FILE, summary, SUMMARY_FORMAT, SUMMARY_VERSION)
-    csv = report.parse_pareto_csv(csv_text, source=str(run_dir / report.PARETO_FILE))
-    with _naming(run_dir / report.SUMMARY_FILE):
+    thresholds_doc, summary, csv_text = rundir.read_run(run_dir, lock=lock)
+    _check_format(run_dir / rundir.THRESHOLDS_FILE, thresholds_doc, rule_file.FORMAT, rule_file.VERSION)
+    _check_format(run_dir / rundir.SUMMARY_FILE, summary, SUMMARY_FORMAT, SUMMARY_VERSION)
+    csv = rundir.parse_pareto_csv(csv_text, source=str(run_dir / rundir.PARETO_FILE))
+    with _naming(run_dir / rundir.SUMMARY_FILE):
         cache_doc = summary["cache"]
         names = tuple(str(n) for n in cache_doc["exit_names"])
         K = len(names)
@@ -201,7 +202,7 @@ def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike |
         exit_ms = latency.get("exit_path_ms") if latency.get("batch_size") == 1 else None
         exit_ms = None if exit_ms is None else tuple(float(v) for v in exit_ms)
     fronts.sort(key=lambda f: f.method != method)  # the picked-on front first
-    with _naming(run_dir / report.THRESHOLDS_FILE):
+    with _naming(run_dir / rundir.THRESHOLDS_FILE):
         chosen = _point_from_doc(thresholds_doc, f"chosen point ({METHOD_LABELS.get(method, method)})", K)
         # With --delta the chosen point is the Learn-then-Test pick: thresholds.json carries its
         # "guarantee" block (search.guarantee.certification_document).
@@ -276,7 +277,7 @@ def _point_from_doc(doc: dict, label: str, K: int) -> PointData:
 
 def _attach_csv_fractions(fronts: list[FrontData], csv: dict, names: tuple[str, ...], run_dir: Path) -> list[FrontData]:
     """The reported (NSGA-II) front's val exit shares, from pareto.csv (checked against summary.json)."""
-    path = run_dir / report.PARETO_FILE
+    path = run_dir / rundir.PARETO_FILE
     columns = [f"val_frac_{report._csv_name(n)}" for n in names]
     out = []
     for front in fronts:
@@ -300,13 +301,13 @@ def _find_cache(doc: dict, run_dir: Path, given, notes: list[str]):
             raise FileNotFoundError(f"--cache {given} does not exist; give the cache the run was searched on")
         if want and sha256_file(given) != want:
             raise ValueError(f"--cache {given} is not the cache this run was searched on (sha256 differs from "
-                             f"{run_dir / report.THRESHOLDS_FILE}); give that cache")
+                             f"{run_dir / rundir.THRESHOLDS_FILE}); give that cache")
         return load_cache(given)
     recorded = doc.get("cache")
     if not recorded or not want:
         notes.append("the run was searched on an in-memory cache: no confidence histograms, no test exit shares")
         return None
-    for candidate in (report.resolve_recorded_cache(run_dir, recorded), run_dir / Path(recorded).name):
+    for candidate in (rundir.resolve_recorded_cache(run_dir, recorded), run_dir / Path(recorded).name):
         if candidate.is_file() and sha256_file(candidate) == want:
             return load_cache(candidate)
     notes.append(f"cache {recorded} not found or changed since the search (sha256): no confidence histograms, no test "
@@ -321,7 +322,7 @@ def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
 
     # The run's own rule (confidence, ensemble, temperatures, fallback; per-class tables keep
     # each exit's predictions), read the one way thresholds.json is read.
-    rule = rule_file.read_rule(run_dir / report.THRESHOLDS_FILE).rule
+    rule = rule_file.read_rule(run_dir / rundir.THRESHOLDS_FILE).rule
     tables = {}
     for split in ("val", "test"):
         part = cache.select(split)
@@ -471,7 +472,7 @@ def write_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike | 
         cache_path: the run's cache if it moved (see `gather_report`).
         lock: hold the run's exclusive lock while reading and writing, so a search
             replacing the run meanwhile cannot pair its files with an old page. False
-            inside `report.write_run` (the directory is still private).
+            inside `rundir.write_run` (the directory is still private).
 
     Returns:
         The page's path.
@@ -482,7 +483,7 @@ def write_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike | 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist; give a results/<run> directory written by `tradeoff search`")
-    with report.run_lock(run_dir) if lock else contextlib.nullcontext():
+    with rundir.run_lock(run_dir) if lock else contextlib.nullcontext():
         data = gather_report(run_dir, cache_path=cache_path, lock=False)
         page = report_page(data, max_points=max_points)
         write_text_atomic(run_dir / REPORT_FILE, page)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tradeoff.cache.format import uncounted_ops_note
 from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.policy.rule import OFF_THRESHOLD, rule_thresholds
 
 # --------------------------------------------------------------------------- gathered data
@@ -126,8 +127,8 @@ def read_run_files(run_dir: str | os.PathLike, *, lock: bool = True) -> RunFiles
         FileNotFoundError / ValueError: a missing or malformed file, in one line.
     """
     run_dir = Path(run_dir)
-    thresholds, summary, csv_text = report.read_run(run_dir, lock=lock)
-    pareto = report.parse_pareto_csv(csv_text, source=str(run_dir / report.PARETO_FILE))
+    thresholds, summary, csv_text = rundir.read_run(run_dir, lock=lock)
+    pareto = rundir.parse_pareto_csv(csv_text, source=str(run_dir / rundir.PARETO_FILE))
     return RunFiles(run_dir, thresholds, summary, pareto)
 
 

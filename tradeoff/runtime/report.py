@@ -130,7 +130,7 @@ def report_table(report: RuntimeReport, thresholds, *, exit_names=None, search_t
 
     `thresholds`: an `ExitRule`'s entries (None = off, per-class rows) or a (K-1,) array."""
     from tradeoff.policy.rule import threshold_text
-    from tradeoff.report.documents import format_table
+    from tradeoff.report.tables import format_table
 
     K = report.flops.size
     names = list(exit_names) if exit_names and len(exit_names) == K else [f"exit{k + 1}" for k in range(K)]
