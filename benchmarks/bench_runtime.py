@@ -100,7 +100,7 @@ def _setup(quick: bool, workdir: Path | None):
         table = exit_table(logits, val.y, np.ones(logits.shape[0]))
         return model, np.median(table.confidence[:-1], axis=1), {}, "random scan_small (quick)", None
     from tradeoff.checkpoint import load_checkpoint
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
 
     if (DEMO_DIR / "model.pt").is_file() and (DEMO_DIR / "thresholds.json").is_file():
         loaded = load_checkpoint(DEMO_DIR / "model.pt")
@@ -122,7 +122,7 @@ def _train_and_search(workdir: Path):
     from tradeoff.fileio import sha256_file, write_json_atomic
     from tradeoff.report.documents import thresholds_document
     from tradeoff.search.run import run_search
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
     from tradeoff.training.loop import train_model
 
     workdir.mkdir(parents=True, exist_ok=True)

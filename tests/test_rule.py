@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tradeoff.cache.synthetic import synthetic_cache
-from tradeoff.policy.rule import ExitRule, read_rule, write_rule
+from tradeoff.policy.rule import ExitRule
+from tradeoff.policy.rule_file import read_rule, write_rule
 from tradeoff.policy.scoring import score_rule
 from tradeoff.policy.table import exit_table, rule_table
 from tradeoff.search.run import run_search

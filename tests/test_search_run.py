@@ -465,7 +465,7 @@ def test_train_rows_are_ignored(cache_file):
 
 def test_the_runtime_reader_accepts_the_file(run_dir, cache_file):
     from tradeoff.fileio import sha256_file
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
 
     loaded = read_rule(run_dir / "thresholds.json", num_exits=3, cache_sha256=sha256_file(cache_file), confidence="maxprob")
     doc = json.loads((run_dir / "thresholds.json").read_text())

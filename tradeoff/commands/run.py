@@ -57,7 +57,7 @@ def load_inputs(args):
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
     from tradeoff.fileio import sha256_file
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
     from tradeoff.runtime.early_exit import model_stages
 
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)

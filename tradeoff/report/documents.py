@@ -54,7 +54,7 @@ def thresholds_document(result) -> dict:
     is applied to the right model (num_exits, exit_names, arch, checkpoint_sha256,
     num_classes) and how the point was picked. No timings: byte-identical across runs.
     """
-    from tradeoff.policy.rule import rule_document
+    from tradeoff.policy.rule_file import rule_document
 
     chosen = result.chosen
     meta = result.cache_meta

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tradeoff import __version__
-from tradeoff.policy import rule as rule_file
+from tradeoff.policy import rule_file
 from tradeoff.report import documents as report
 from tradeoff.report import rundir
 from tradeoff.fileio import sha256_file, write_text_atomic
