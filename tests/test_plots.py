@@ -70,6 +70,25 @@ def test_files_give_the_same_data_as_the_result(result, tmp_path):
     assert plots.exits_plot_data(str(tmp_path / "run")) == plots.exits_plot_data(result)
 
 
+@pytest.mark.parametrize("options", [dict(per_class=True), dict(pick=Pick.from_options(max_drop=3.0), delta=0.2)])
+def test_one_gather_per_plot_from_the_run_documents(options, tmp_path):
+    """A SearchResult is gathered through its run documents (per-class front with test points,
+    certificate ring): exactly what `tradeoff plot RUN` reads back from the written run."""
+    from tradeoff.report.plot_data import run_files_of
+
+    res = run_search(synthetic_cache(800, 10, (0.6, 0.75, 0.85, 0.9), seed=3), pop=12, gens=4, bootstrap=200, **options)
+    files = run_files_of(res)
+    assert files.run_dir is None and files.summary["chosen"]["method"] == res.chosen.method
+    rundir.write_run(tmp_path / "run", res)
+    pareto = plots.pareto_plot_data(res)
+    assert pareto == plots.pareto_plot_data(tmp_path / "run") == plots.pareto_plot_data(files)
+    assert plots.exits_plot_data(res) == plots.exits_plot_data(tmp_path / "run")
+    if options.get("per_class"):
+        assert pareto.fronts[1].method == "nsga-per-class" and pareto.fronts[1].test_accuracy is not None
+    else:
+        assert pareto.certified and pareto.certified.startswith("certified:")
+
+
 def test_figures_render_without_touching_global_state(result):
     import matplotlib.pyplot as plt
 
