@@ -190,7 +190,7 @@ def run_onnxruntime(args) -> int:
     from tradeoff.runtime.timing import Latency
     from tradeoff.runtime.onnx_export import export_early_exit, export_original
     from tradeoff.runtime.onnx_session import (
-        export_metadata, onnx_cache_agreement, onnxruntime_version, ort_session, rule_kwargs, run_session, time_sessions,
+        export_metadata, onnx_cache_agreement, onnxruntime_version, ort_session, run_session, time_sessions,
     )
 
     if args.compiled:
@@ -204,7 +204,7 @@ def run_onnxruntime(args) -> int:
     meta = export_metadata(loaded, tf)
     with tempfile.TemporaryDirectory(prefix="tradeoff-onnx-") as tmp:
         print("exporting the early-exit graph and the original network to ONNX ...", file=sys.stderr, flush=True)
-        early_path = export_early_exit(loaded.model, **rule_kwargs(tf.rule), example_input=example,
+        early_path = export_early_exit(loaded.model, tf.rule, example_input=example,
                                        out_path=Path(tmp) / "early_exit.onnx", opset=args.opset, metadata=meta)
         deep_path = export_original(loaded.model, example_input=example, out_path=Path(tmp) / "original.onnx",
                                     opset=args.opset, metadata=meta)

@@ -15,13 +15,7 @@ import time
 
 import numpy as np
 
-from tradeoff.runtime.onnx_export import make_rule, rule_decisions
-
-
-def rule_kwargs(rule) -> dict:
-    """An `ExitRule` as `export_early_exit` / `make_rule` keywords."""
-    return dict(thresholds=list(rule.thresholds), confidence=rule.confidence, ensemble=rule.ensemble,
-                fallback=rule.fallback, temperatures=None if rule.temperatures is None else list(rule.temperatures))
+from tradeoff.policy.table import rule_decisions
 
 
 def export_metadata(loaded, rule_file) -> dict:
@@ -95,6 +89,6 @@ def onnx_cache_agreement(cache_path, rule, labels: np.ndarray, got_labels: np.nd
             f"--cache {cache_path}: its test split ({test.num_samples} rows) is not the --data test split "
             f"({labels.size} rows) in the same order; pass the data the cache was built from"
         )
-    export_rule = make_rule(**rule_kwargs(rule), num_exits=test.num_exits, num_classes=test.logits.shape[-1])
-    want_labels, want_exits, _ = rule_decisions(test.logits, export_rule)
+    rule.check_fits(test.num_exits, test.logits.shape[-1])
+    want_exits, want_labels = rule_decisions(test.logits, rule)
     return {"exits": float(np.mean(want_exits == got_exits)), "predictions": float(np.mean(want_labels == got_labels))}
