@@ -4,8 +4,8 @@
 `ort_session` opens a graph written by `runtime.onnx_export` on ONNX Runtime's CPU
 provider, `run_session` runs it over an array in batches, `time_sessions` times several
 graphs side by side (interleaved passes, medians, as `runtime.early_exit.measure_latency`
-does for torch) and `onnx_cache_agreement` compares the graph's exits and labels with the
-exit rule applied to the cache's test logits.
+does for torch); `runtime.agreement` compares the graph's exits and labels with the exit rule
+applied to the cache's test logits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 
-from tradeoff.policy.table import rule_decisions
 
 
 def export_metadata(loaded, rule_file) -> dict:
@@ -77,18 +76,3 @@ def time_sessions(sessions: dict, x: np.ndarray, *, batch_size: int, repeats: in
         for name in names if r % 2 == 0 else names[::-1]:
             passes[name].append(one_pass(sessions[name]))
     return {name: (statistics.median(p), p) for name, p in passes.items()}
-
-
-def onnx_cache_agreement(cache_path, rule, labels: np.ndarray, got_labels: np.ndarray, got_exits: np.ndarray) -> dict:
-    """Fraction of test samples whose ONNX exit and label equal `rule_decisions` on the cached logits."""
-    from tradeoff.cache.format import load_cache
-
-    test = load_cache(cache_path).select("test")
-    if not np.array_equal(test.labels, labels):
-        raise ValueError(
-            f"--cache {cache_path}: its test split ({test.num_samples} rows) is not the --data test split "
-            f"({labels.size} rows) in the same order; pass the data the cache was built from"
-        )
-    rule.check_fits(test.num_exits, test.logits.shape[-1])
-    want_exits, want_labels = rule_decisions(test.logits, rule)
-    return {"exits": float(np.mean(want_exits == got_exits)), "predictions": float(np.mean(want_labels == got_labels))}
