@@ -22,6 +22,7 @@ import pytest
 from tradeoff.report import rundir
 from tradeoff.report import html as report_html
 from tradeoff.report import html_figures as report_figures
+from tradeoff.report.html_page import report_page
 from tradeoff.cache.format import load_cache, write_cache
 from tradeoff.commands import main
 from tradeoff.search.run import run_search
@@ -85,7 +86,7 @@ def test_without_the_cache_the_report_says_so_and_keeps_the_csv_shares(run_dir, 
     assert data.confidence is None and data.fronts[0].test_fractions is None
     np.testing.assert_allclose(data.fronts[0].val_fractions, result.front("nsga").val.exit_fractions, atol=1e-12)
     assert any("not found or changed" in n for n in data.notes)
-    page = report_html.report_page(data)
+    page = report_page(data)
     assert "confidence histograms need the run&#x27;s cache" in page or "not found or changed" in page
     # a cache given explicitly is used when its sha256 matches
     assert report_html.gather_report(lone, cache_path=run.parent / "cache.npz").confidence is not None
