@@ -40,7 +40,8 @@ from tradeoff.policy.table import exit_table
 from tradeoff.policy.bitset import make_scorer
 from tradeoff.search import baselines, nsga, pareto
 from tradeoff.search.guarantee import CannotCertify
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 NAME = "guarantee"

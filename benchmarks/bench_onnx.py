@@ -26,10 +26,11 @@ import torch
 from benchmarks import make_row
 from benchmarks.bench_runtime import WORK_DIR, _setup
 from tradeoff.data import load_data
-from tradeoff.runtime.onnx_export import export_early_exit, export_original, make_rule, rule_decisions
+from tradeoff.runtime.onnx_export import export_early_exit, export_original
 from tradeoff.flops import exit_costs
 from tradeoff.runtime.onnx_session import ort_session, run_session, time_sessions
 from tradeoff.policy.rule import ExitRule
+from tradeoff.policy.table import rule_decisions
 from tradeoff.runtime.early_exit import EarlyExitModel
 from tradeoff.runtime.timing import measure_latency
 
@@ -53,13 +54,11 @@ def _measure(quick: bool) -> list[dict]:
     x = np.ascontiguousarray(test.x[:24] if quick else test.x, dtype=np.float32)
     y = test.y[: x.shape[0]]
     costs = exit_costs(model, test.input_shape)
-    temps = policy.get("temperatures")
-    rule_kwargs = dict(thresholds=[float(t) for t in thresholds], confidence=policy.get("confidence", "maxprob"),
-                       ensemble=policy.get("ensemble", False), temperatures=None if temps is None else list(temps))
+    rule = ExitRule(thresholds, **policy)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
         example = torch.from_numpy(x[:1].copy())
-        early = ort_session(export_early_exit(model, **rule_kwargs, example_input=example,
+        early = ort_session(export_early_exit(model, rule, example_input=example,
                                               out_path=Path(tmp) / "early.onnx"))
         deep = ort_session(export_original(model, example_input=example, out_path=Path(tmp) / "original.onnx"))
         labels, exits, _ = run_session(early, x, batch_size=64)
@@ -77,7 +76,7 @@ def _measure(quick: bool) -> list[dict]:
                                  notes=f"{ort_ms['early'][0]:.4f} vs {ort_ms['deep'][0]:.4f} ms/sample "
                                        f"(early exit vs original, both ONNX Runtime); {note}"))
             for compiled in (False, True):
-                runner = EarlyExitModel(model, ExitRule(thresholds, **policy), compiled=compiled)
+                runner = EarlyExitModel(model, rule, compiled=compiled)
                 lat = measure_latency(runner, torch.from_numpy(x), batch_size=batch_size, repeats=repeats,
                                       warmup=warmup)
                 path = "compiled" if compiled else "eager"
@@ -89,8 +88,7 @@ def _measure(quick: bool) -> list[dict]:
         from tradeoff.cache.format import load_cache
 
         cache = load_cache(cached[0]).select("test")
-        rule = make_rule(**rule_kwargs, num_exits=cache.num_exits, num_classes=cache.logits.shape[-1])
-        want_labels, want_exits, _ = rule_decisions(cache.logits, rule)
+        want_exits, want_labels = rule_decisions(cache.logits, rule)
         rows.append(make_row(NAME, "onnxruntime exits equal to the cache's exit rule", float(np.mean(want_exits == exits)),
                              goal="report", notes=f"labels equal for {np.mean(want_labels == labels):.2%} of samples"))
     return rows

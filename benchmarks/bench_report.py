@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import make_row
-from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.report import html as report_html
 from tradeoff.report import html_figures as report_figures
 from tradeoff.cache.format import load_cache, write_cache
 from tradeoff.policy.scoring import score_thresholds
 from tradeoff.policy.table import exit_table
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 GOAL_MB = 8.0
@@ -37,12 +38,12 @@ def _big_front(run: Path, cache_path: Path, points: int, seed: int = 0) -> None:
     t = np.sort(np.random.default_rng(seed).uniform(0.3, 1.0, (points, cache.num_exits - 1)), axis=0)
     val, test = score_thresholds(tables["val"], t), score_thresholds(tables["test"], t)
     order = np.argsort(val.flops, kind="stable")
-    summary = json.loads((run / report.SUMMARY_FILE).read_text())
+    summary = json.loads((run / rundir.SUMMARY_FILE).read_text())
     front = next(f for f in summary["fronts"] if f["method"] == "nsga")
     front.update(size=points, thresholds=t[order].tolist(), val_accuracy=val.accuracy[order].tolist(),
                  val_flops=val.flops[order].tolist(), test_accuracy=test.accuracy[order].tolist(),
                  test_flops=test.flops[order].tolist())
-    (run / report.SUMMARY_FILE).write_text(json.dumps(summary))
+    (run / rundir.SUMMARY_FILE).write_text(json.dumps(summary))
     names = summary["cache"]["exit_names"]
     head = [f"t{k + 1}" for k in range(len(names) - 1)] + ["val_accuracy", "test_accuracy", "flops", "mflops",
                                                            "speedup", "test_flops"] + [f"val_frac_{n}" for n in names]
@@ -52,7 +53,7 @@ def _big_front(run: Path, cache_path: Path, points: int, seed: int = 0) -> None:
         values = [*t[i], val.accuracy[i], test.accuracy[i], val.flops[i], val.flops[i] / 1e6, base / val.flops[i],
                   test.flops[i], *val.exit_fractions[i]]
         rows.append(",".join(repr(float(v)) for v in values))
-    (run / report.PARETO_FILE).write_text("\n".join(rows) + "\n")
+    (run / rundir.PARETO_FILE).write_text("\n".join(rows) + "\n")
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -63,7 +64,7 @@ def run(quick: bool = False) -> list[dict]:
         write_cache(cache_path, synthetic_cache(num_samples=n, num_classes=100, seed=0))
         result = run_search(load_cache(cache_path), pick=Pick("target_acc", 0.75), pop=12, gens=3, seed=0,
                             cache_path=cache_path)
-        run_dir = report.write_run(tmp / "run", result)
+        run_dir = rundir.write_run(tmp / "run", result)
         _big_front(run_dir, cache_path, points)
         start = time.perf_counter()
         page = report_html.write_report(run_dir)

@@ -41,7 +41,8 @@ from tradeoff.models import create_model
 from tradeoff.policy.scoring import exit_table
 from tradeoff.policy.rule import ExitRule
 from tradeoff.runtime.early_exit import EarlyExitModel, model_stages
-from tradeoff.runtime.report import cache_agreement, evaluate_runtime
+from tradeoff.runtime.agreement import cache_agreement, cache_decisions
+from tradeoff.runtime.report import evaluate_runtime
 from tradeoff.runtime.timing import measure_latency, mkldnn_enabled
 
 NAME = "runtime"
@@ -100,7 +101,7 @@ def _setup(quick: bool, workdir: Path | None):
         table = exit_table(logits, val.y, np.ones(logits.shape[0]))
         return model, np.median(table.confidence[:-1], axis=1), {}, "random scan_small (quick)", None
     from tradeoff.checkpoint import load_checkpoint
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
 
     if (DEMO_DIR / "model.pt").is_file() and (DEMO_DIR / "thresholds.json").is_file():
         loaded = load_checkpoint(DEMO_DIR / "model.pt")
@@ -122,7 +123,7 @@ def _train_and_search(workdir: Path):
     from tradeoff.fileio import sha256_file, write_json_atomic
     from tradeoff.report.documents import thresholds_document
     from tradeoff.search.run import run_search
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
     from tradeoff.training.loop import train_model
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,7 @@ def _measure(quick: bool, workdir: Path | None) -> list[dict]:
     costs = exit_costs(model, test.input_shape)
     rows, diagnostics = [], []
     settings = {1: (1, 0) if quick else (9, 1), 64: (1, 0) if quick else (31, 2)}
+    decisions = None if cached is None else cache_decisions(cached[0], cached[1], y)  # the rule on the cache, once
     for compiled in (True, False):  # the judged (compiled) rows keep the plain metric names
         runner = EarlyExitModel(model, ExitRule(thresholds, **policy), compiled=compiled)
         path = "compiled" if compiled else "eager"
@@ -170,7 +172,7 @@ def _measure(quick: bool, workdir: Path | None) -> list[dict]:
             fractions = ", ".join(f"{f:.0%}" for f in report.exit_fractions)
             agreement = ""
             if cached is not None:
-                agree = cache_agreement(cached[0], cached[1], y, report)
+                agree = cache_agreement(decisions, report.exits, report.predictions)
                 agreement = f"; exits equal to the cache's exit rule for {agree['exits']:.2%} of samples"
             rows.append(make_row(
                 NAME, f"measured / predicted speed-up, batch {batch_size}" + ("" if compiled else ", eager path"),

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from tradeoff.commands import main
 from tradeoff.cache.format import write_cache
 from tradeoff.policy.bitset import make_scorer
-from tradeoff.policy.rule import OFF_THRESHOLD, ExitRule, read_rule, write_rule
+from tradeoff.policy.rule import OFF_THRESHOLD, ExitRule
+from tradeoff.policy.rule_file import read_rule, write_rule
 from tradeoff.policy.scoring import exit_table, rule_decisions, rule_table, score_rule, score_thresholds_reference
 from tradeoff.search.baselines import msdnet_thresholds
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saturated_case import saturated_cache  # noqa: E402

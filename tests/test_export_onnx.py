@@ -13,13 +13,14 @@ from torch import nn
 from tradeoff.cache.format import load_cache
 from tradeoff.checkpoint import save_checkpoint
 from tradeoff.commands import main
-from tradeoff.runtime.onnx_export import export_early_exit, make_rule, rule_decisions
+from tradeoff.runtime.onnx_export import export_early_exit
 from tradeoff.fileio import sha256_file
 from tradeoff.models import create_model
 from tradeoff.models.base import MultiExitNet, Stage
 from tradeoff.runtime.onnx_session import ort_session, run_session
 from tradeoff.policy.confidence import exit_outputs
-from tradeoff.policy.table import exit_indices, exit_table
+from tradeoff.policy.rule import ExitRule
+from tradeoff.policy.table import exit_indices, exit_table, rule_decisions
 
 K, C = 3, 10
 
@@ -128,8 +129,7 @@ def test_original_network_is_the_deepest_exit(run):
 
 def test_rule_decisions_is_the_cache_exit_rule_under_deepest(run):
     test, t = run["test"], run["thresholds"]
-    rule = make_rule(t, num_exits=K, num_classes=C)
-    _, exits, _ = rule_decisions(test.logits, rule)
+    exits, _ = rule_decisions(test.logits, ExitRule(t))
     assert np.array_equal(exits, exit_indices(exit_table(test.logits, test.labels, test.flops), np.array(t)))
 
 
@@ -145,22 +145,23 @@ def variants(run, tmp_path_factory):
     margin, _ = exit_outputs(val, confidence="margin", temperatures=np.array(temperatures))
     per_class = [float(np.quantile(margin[0], (c + 0.5) / C)) for c in range(C)]  # a different limit per class
     rules = {
-        "ensemble": dict(thresholds=[q[0], None, q[2]], fallback="ensemble"),
-        "most-confident": dict(thresholds=[per_class, float(np.quantile(margin[1], 0.7)),
-                                           float(np.quantile(margin[2], 0.5))],
-                               fallback="most-confident", confidence="margin", temperatures=temperatures),
+        "ensemble": ExitRule([q[0], None, q[2]], fallback="ensemble"),
+        # per class at exit 1; exits 2 and 3 one limit for every class (ExitRule takes all rows or none)
+        "most-confident": ExitRule([per_class, [float(np.quantile(margin[1], 0.7))] * C,
+                                    [float(np.quantile(margin[2], 0.5))] * C],
+                                   fallback="most-confident", confidence="margin", temperatures=temperatures),
     }
     example = torch.from_numpy(run["x"][:1])
-    files = {name: export_early_exit(run["model"], **kw, example_input=example, out_path=root / f"{name}.onnx")
-             for name, kw in rules.items()}
+    files = {name: export_early_exit(run["model"], rule, example_input=example, out_path=root / f"{name}.onnx")
+             for name, rule in rules.items()}
     return rules, files
 
 
 @pytest.mark.parametrize("name", ["ensemble", "most-confident"])
 def test_fallback_rules_are_reproduced(run, variants, name):
     rules, files = variants
-    rule = make_rule(**rules[name], num_exits=K, num_classes=C)
-    want_labels, want_exits, want_conf = rule_decisions(run["test"].logits, rule)
+    rule = rules[name]
+    want_exits, want_labels, want_conf = rule_decisions(run["test"].logits, rule, with_confidence=True)
     labels, exits, conf = run_session(ort_session(files[name]), run["x"], batch_size=64)
     assert np.mean(exits == want_exits) >= 0.999 and np.mean(labels == want_labels) >= 0.999
     np.testing.assert_allclose(conf, want_conf, atol=1e-5)
@@ -168,7 +169,7 @@ def test_fallback_rules_are_reproduced(run, variants, name):
     deepest = run["test"].logits[K - 1].argmax(axis=1)
     conf_all, _ = exit_outputs(run["test"].logits, confidence=rule.confidence,
                                temperatures=None if rule.temperatures is None else np.array(rule.temperatures))
-    unsure = (exits == K - 1) & (conf_all[K - 1] < rule.thresholds[K - 1])
+    unsure = (exits == K - 1) & (conf_all[K - 1] < rule.threshold_array()[K - 1].min())
     assert unsure.any() and np.any(labels[unsure] != deepest[unsure])
     if name == "ensemble":
         assert not np.any(exits == 1)  # switched off: nobody leaves there
@@ -176,7 +177,7 @@ def test_fallback_rules_are_reproduced(run, variants, name):
 
 def test_per_class_thresholds_index_by_the_predicted_class(run, variants):
     rules, files = variants
-    rule = make_rule(**rules["most-confident"], num_exits=K, num_classes=C)
+    rule = rules["most-confident"]
     _, exits, _ = run_session(ort_session(files["most-confident"]), run["x"], batch_size=64)
     conf, pred = exit_outputs(run["test"].logits, confidence="margin", temperatures=np.array(rule.temperatures))
     limit = np.array(rule.thresholds[0])[pred[0]]  # exit 1's threshold for the class it predicted
@@ -207,28 +208,30 @@ class _TwoExit(MultiExitNet):
 def test_untraceable_section_is_named_and_leaves_no_file(tmp_path):
     out = tmp_path / "m.onnx"
     with pytest.raises(ValueError, match=r"cannot export stage 2 section \(_Branchy\) to ONNX: .*traceable"):
-        export_early_exit(_TwoExit(), thresholds=[0.5], example_input=torch.rand(1, 1, 2, 2), out_path=out)
+        export_early_exit(_TwoExit(), ExitRule([0.5]), example_input=torch.rand(1, 1, 2, 2), out_path=out)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_opset_too_old_is_refused_before_any_work(run, tmp_path):
     out = tmp_path / "m.onnx"
     with pytest.raises(ValueError, match=r"--opset 11 is too old for the early-exit graph's control flow.*--opset 18"):
-        export_early_exit(run["model"], thresholds=[0.5, 0.5], example_input=torch.from_numpy(run["x"][:1]),
+        export_early_exit(run["model"], ExitRule([0.5, 0.5]), example_input=torch.from_numpy(run["x"][:1]),
                           out_path=out, opset=11)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("thresholds, fallback, match", [
-    ([0.5], "deepest", r"must hold 2 entries for a 3-exit model under fallback 'deepest'"),
-    ([0.5, 0.5], "ensemble", r"must hold 3 entries .* the last exit is thresholded too"),
-    ([0.5, 1.5], "deepest", r"thresholds\[1\] must be null \(off\).*switch an exit off with null"),
-    ([[0.5] * 4, 0.5], "deepest", r"thresholds\[0\] is per class and must hold C = 10 numbers; got 4"),
-    ([0.5, 0.5], "cascade", r"fallback must be one of deepest, ensemble, most-confident"),
+@pytest.mark.parametrize("rule, match", [
+    (ExitRule([0.5]), r"fallback 'deepest' needs K-1 = 2 thresholds for a 3-exit model"),
+    (ExitRule([0.5, 0.5], fallback="ensemble"), r"fallback 'ensemble' needs K = 3 thresholds for a 3-exit model"),
+    (ExitRule([[0.5] * 4, [0.5] * 4]), r"per-class thresholds must be a \(2, C\) = \(2, 10\) table for 10 classes"),
+    (ExitRule([0.5, 0.5], confidence="patience"), r"confidence 'patience' cannot be exported.*maxprob, margin, entropy"),
+    ([0.5, 0.5], r"rule must be a tradeoff.ExitRule"),
 ])
-def test_bad_rules_are_refused(thresholds, fallback, match):
-    with pytest.raises(ValueError, match=match):
-        make_rule(thresholds, fallback=fallback, num_exits=K, num_classes=C)
+def test_bad_rules_are_refused_before_any_work(run, rule, match, tmp_path):
+    out = tmp_path / "m.onnx"
+    with pytest.raises((ValueError, TypeError), match=match):
+        export_early_exit(run["model"], rule, example_input=torch.from_numpy(run["x"][:1]), out_path=out)
+    assert not out.exists()
 
 
 def test_thresholds_for_another_checkpoint_are_refused(run, tmp_path, capsys):

@@ -27,7 +27,7 @@ from tradeoff.cache.format import REQUIRED_KEYS, load_cache, write_cache
 from tradeoff.commands import main
 from tradeoff.policy.scoring import CONFIDENCE_MEASURES
 from tradeoff.cache.synthetic import synthetic_cache
-from tradeoff.policy.rule import read_rule
+from tradeoff.policy.rule_file import read_rule
 
 FUZZ = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

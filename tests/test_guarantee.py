@@ -12,7 +12,8 @@ from tradeoff.cache.format import ExitCache, validate_cache, write_cache
 from tradeoff.commands import main
 from tradeoff.policy.table import exit_indices, exit_table
 from tradeoff.search import guarantee as g
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 FAST = dict(pop=16, gens=8, bootstrap=200)

@@ -11,9 +11,10 @@ from nbclient import NotebookClient
 
 from tradeoff.report import plots
 
-from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.cache.format import write_cache
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def small_run(tmp_path):
     result = run_search(load_cache(cache_path), pick=Pick("target_acc", 0.85), pop=12, gens=5, seed=0,
                         cache_path=cache_path)
     run = tmp_path / "run"
-    report.write_run(run, result, extra=[
+    rundir.write_run(run, result, extra=[
         lambda d: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), d)
     ])
     return run

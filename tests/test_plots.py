@@ -9,10 +9,11 @@ import pytest
 
 from tradeoff.report import pareto_plot, plots
 
-from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.cache.format import write_cache
 from tradeoff.commands import main
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -64,9 +65,28 @@ def test_exits_data_is_exactly_the_result(result):
 
 
 def test_files_give_the_same_data_as_the_result(result, tmp_path):
-    report.write_run(tmp_path / "run", result)
+    rundir.write_run(tmp_path / "run", result)
     assert plots.pareto_plot_data(tmp_path / "run") == plots.pareto_plot_data(result)
     assert plots.exits_plot_data(str(tmp_path / "run")) == plots.exits_plot_data(result)
+
+
+@pytest.mark.parametrize("options", [dict(per_class=True), dict(pick=Pick.from_options(max_drop=3.0), delta=0.2)])
+def test_one_gather_per_plot_from_the_run_documents(options, tmp_path):
+    """A SearchResult is gathered through its run documents (per-class front with test points,
+    certificate ring): exactly what `tradeoff plot RUN` reads back from the written run."""
+    from tradeoff.report.plot_data import run_files_of
+
+    res = run_search(synthetic_cache(800, 10, (0.6, 0.75, 0.85, 0.9), seed=3), pop=12, gens=4, bootstrap=200, **options)
+    files = run_files_of(res)
+    assert files.run_dir is None and files.summary["chosen"]["method"] == res.chosen.method
+    rundir.write_run(tmp_path / "run", res)
+    pareto = plots.pareto_plot_data(res)
+    assert pareto == plots.pareto_plot_data(tmp_path / "run") == plots.pareto_plot_data(files)
+    assert plots.exits_plot_data(res) == plots.exits_plot_data(tmp_path / "run")
+    if options.get("per_class"):
+        assert pareto.fronts[1].method == "nsga-per-class" and pareto.fronts[1].test_accuracy is not None
+    else:
+        assert pareto.certified and pareto.certified.startswith("certified:")
 
 
 def test_figures_render_without_touching_global_state(result):
@@ -110,7 +130,7 @@ def test_budget_pick_draws_a_budget_line(result):
 
 def test_plot_command_redraws_from_the_files(result, tmp_path, capsys):
     run = tmp_path / "run"
-    report.write_run(run, result)
+    rundir.write_run(run, result)
     assert main(["plot", str(run)]) == 0
     for name in ("pareto.png", "exits.png"):
         assert (run / name).read_bytes().startswith(PNG_MAGIC)
@@ -134,7 +154,7 @@ def test_plot_command_damaged_runs_fail_in_one_line(result, tmp_path, capsys, da
         run = tmp_path / "nowhere"
         match = "run directory .*nowhere does not exist"
     else:
-        report.write_run(run, result)
+        rundir.write_run(run, result)
         damage(run)
     assert main(["plot", str(run)]) == 1
     err = capsys.readouterr().err
@@ -160,7 +180,7 @@ def test_speedup_ticks_are_round_and_apart():
 
 # --------------------------------------------------------------------------- issue 15, item 10
 def test_small_costs_keep_significant_digits():
-    from tradeoff.report.documents import mflops_text
+    from tradeoff.report.tables import mflops_text
 
     assert mflops_text(1234.0) == "0.001234" and mflops_text(123_400.0) == "0.1234" and mflops_text(2.5e7) == "25.00"
 

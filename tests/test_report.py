@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from tradeoff.report import documents as report
-from tradeoff.search.run import Pick, run_search
+from tradeoff.report import rundir, tables
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 
@@ -22,7 +24,7 @@ def results():
 
 
 def test_format_table_aligns_text_left_and_numbers_right():
-    text = report.format_table(
+    text = tables.format_table(
         [["exit1", 0.61234, 290, "1.93x"], ["exit10", 0.7, 12345, "0.80x"], ["e", None, 1, "-"]],
         ["name", "acc", "MFLOPs", "speed"],
         title="each exit",
@@ -39,13 +41,13 @@ def test_format_table_aligns_text_left_and_numbers_right():
 
 def test_format_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match=r"row 1 has 1 cells; expected 2"):
-        report.format_table([[1, 2], [3]], ["a", "b"])
+        tables.format_table([[1, 2], [3]], ["a", "b"])
 
 
 def test_pareto_csv_reads_back_exactly(results):
     result = results[0]
     text = report.pareto_csv(result)
-    columns = report.parse_pareto_csv(text)
+    columns = rundir.parse_pareto_csv(text)
     front = result.front("nsga")
     assert columns["val_accuracy"] == front.val.accuracy.tolist()  # repr round-trips bit for bit
     assert columns["test_accuracy"] == front.test.accuracy.tolist()
@@ -86,9 +88,9 @@ def test_summary_document_has_every_method_and_exit(results):
 def test_write_run_replaces_a_run_whole_and_leaves_no_temporaries(results, tmp_path):
     a, b = results
     out = tmp_path / "run"
-    report.write_run(out, a)
+    rundir.write_run(out, a)
     (out / "stray.txt").write_text("old")
-    report.write_run(out, b)
+    rundir.write_run(out, b)
     assert sorted(p.name for p in out.iterdir()) == ["pareto.csv", "summary.json", "thresholds.json"]
     assert (out / "pareto.csv").read_text() == report.pareto_csv(b)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -97,7 +99,7 @@ def test_write_run_replaces_a_run_whole_and_leaves_no_temporaries(results, tmp_p
 def test_a_failing_writer_leaves_the_old_run_untouched(results, tmp_path):
     a, b = results
     out = tmp_path / "run"
-    report.write_run(out, a)
+    rundir.write_run(out, a)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken(run_dir: Path) -> None:
@@ -105,7 +107,7 @@ def test_a_failing_writer_leaves_the_old_run_untouched(results, tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        report.write_run(out, b, extra=[broken])
+        rundir.write_run(out, b, extra=[broken])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
@@ -120,14 +122,14 @@ def test_concurrent_writers_never_mix_files(results, tmp_path):
     def writer(result):
         try:
             for _ in range(6):
-                report.write_run(out, result)
+                rundir.write_run(out, result)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
     def reader():
         for _ in range(30):
             if out.exists():
-                with report.run_lock(out, shared=True):
+                with rundir.run_lock(out, shared=True):
                     seen.append(((out / "pareto.csv").read_text(), (out / "thresholds.json").read_text()))
 
     threads = [threading.Thread(target=writer, args=(r,)) for r in (a, b)] + [threading.Thread(target=reader)]
@@ -146,7 +148,7 @@ def test_write_run_refuses_a_file_as_out(results, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
     with pytest.raises(ValueError, match="is an existing file; give a directory path"):
-        report.write_run(target, results[0])
+        rundir.write_run(target, results[0])
 
 
 def test_stale_temporaries_of_dead_runs_are_removed(results, tmp_path):
@@ -154,26 +156,26 @@ def test_stale_temporaries_of_dead_runs_are_removed(results, tmp_path):
     dead.mkdir()
     alive = tmp_path / f".run.tmp-{__import__('os').getpid()}-xyz"
     alive.mkdir()
-    report.write_run(tmp_path / "run", results[0])
+    rundir.write_run(tmp_path / "run", results[0])
     assert not dead.exists() and alive.exists()
 
 
 def test_read_run_names_missing_and_malformed_files(results, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="run directory .* does not exist"):
-        report.read_run(out)
-    report.write_run(out, results[0])
-    thresholds, summary, csv_text = report.read_run(out)
+        rundir.read_run(out)
+    rundir.write_run(out, results[0])
+    thresholds, summary, csv_text = rundir.read_run(out)
     assert thresholds["thresholds"] == list(results[0].chosen.thresholds)
     (out / "summary.json").write_text("{ not json")
     with pytest.raises(ValueError, match=r"summary.json is not valid JSON"):
-        report.read_run(out)
+        rundir.read_run(out)
     (out / "summary.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"summary.json must hold a JSON object; got list"):
-        report.read_run(out)
+        rundir.read_run(out)
     (out / "pareto.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"pareto.csv is missing"):
-        report.read_run(out)
+        rundir.read_run(out)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +189,7 @@ def test_read_run_names_missing_and_malformed_files(results, tmp_path):
 )
 def test_parse_pareto_csv_errors(text, match):
     with pytest.raises(ValueError, match=match):
-        report.parse_pareto_csv(text)
+        rundir.parse_pareto_csv(text)
 
 
 def test_summary_text_names_the_pick_and_the_figures(results):
@@ -207,17 +209,17 @@ def test_directories_are_exchanged_atomically_where_linux_allows(tmp_path):
     b.mkdir()
     (a / "x").write_text("from a")
     (b / "y").write_text("from b")
-    if not report._exchange(a, b):
+    if not rundir._exchange(a, b):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here; write_run uses the rename-aside path")
     assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
 
 
 def test_rename_aside_path_also_replaces_whole_runs(results, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
     a, b = results
     out = tmp_path / "run"
-    report.write_run(out, a)
+    rundir.write_run(out, a)
     (out / "stray.txt").write_text("old")
-    report.write_run(out, b)
+    rundir.write_run(out, b)
     assert (out / "pareto.csv").read_text() == report.pareto_csv(b) and not (out / "stray.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

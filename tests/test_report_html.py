@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.report import html as report_html
 from tradeoff.report import html_figures as report_figures
+from tradeoff.report.html_page import report_page
 from tradeoff.cache.format import load_cache, write_cache
 from tradeoff.commands import main
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def run_dir(tmp_path_factory):
     write_cache(cache_path, synthetic_cache(num_samples=1200, num_classes=10, exit_accuracies=(0.7, 0.85, 0.9), seed=3))
     result = run_search(load_cache(cache_path), pick=Pick("target_acc", 0.85), pop=24, gens=8, seed=0, cache_path=cache_path)
     run = base / "run"
-    report.write_run(run, result)
+    rundir.write_run(run, result)
     return run, result
 
 
@@ -84,7 +86,7 @@ def test_without_the_cache_the_report_says_so_and_keeps_the_csv_shares(run_dir, 
     assert data.confidence is None and data.fronts[0].test_fractions is None
     np.testing.assert_allclose(data.fronts[0].val_fractions, result.front("nsga").val.exit_fractions, atol=1e-12)
     assert any("not found or changed" in n for n in data.notes)
-    page = report_html.report_page(data)
+    page = report_page(data)
     assert "confidence histograms need the run&#x27;s cache" in page or "not found or changed" in page
     # a cache given explicitly is used when its sha256 matches
     assert report_html.gather_report(lone, cache_path=run.parent / "cache.npz").confidence is not None

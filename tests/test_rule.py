@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from tradeoff.cache.synthetic import synthetic_cache
-from tradeoff.policy.rule import ExitRule, read_rule, write_rule
+from tradeoff.policy.rule import ExitRule
+from tradeoff.policy.rule_file import read_rule, write_rule
 from tradeoff.policy.scoring import score_rule
 from tradeoff.policy.table import exit_table, rule_table
-from tradeoff.search.run import Pick, run_search
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 
 
 def test_rule_is_validated_once_at_construction():

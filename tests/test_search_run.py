@@ -14,7 +14,9 @@ from tradeoff.cache.format import ExitCache, load_cache, write_cache
 from tradeoff.commands import main
 from tradeoff.policy.scoring import exit_indices, exit_table
 from tradeoff.commands.defaults import default_run_dir, newest_cache
-from tradeoff.search.run import Pick, bootstrap_accuracy_ci, run_search
+from tradeoff.search.picks import bootstrap_accuracy_ci
+from tradeoff.search.run import run_search
+from tradeoff.search.settings import Pick
 from tradeoff.cache.synthetic import synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -381,10 +383,10 @@ def _spawn(cache_file, out, *extra, threads=1):
 
 def _check_complete(run):
     """A run directory is complete and self-consistent: the chosen point is a row of pareto.csv."""
-    from tradeoff.report import documents as report
+    from tradeoff.report import rundir
 
-    thresholds, summary, csv_text = report.read_run(run)
-    columns = report.parse_pareto_csv(csv_text)
+    thresholds, summary, csv_text = rundir.read_run(run)
+    columns = rundir.parse_pareto_csv(csv_text)
     rows = list(zip(columns["t1"], columns["t2"]))
     assert tuple(thresholds["thresholds"]) in rows
     assert summary["chosen"]["thresholds"] == thresholds["thresholds"]
@@ -463,7 +465,7 @@ def test_train_rows_are_ignored(cache_file):
 
 def test_the_runtime_reader_accepts_the_file(run_dir, cache_file):
     from tradeoff.fileio import sha256_file
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
 
     loaded = read_rule(run_dir / "thresholds.json", num_exits=3, cache_sha256=sha256_file(cache_file), confidence="maxprob")
     doc = json.loads((run_dir / "thresholds.json").read_text())

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tradeoff.policy.rule import ThresholdsFile, read_rule
+from tradeoff.policy.rule_file import ThresholdsFile, read_rule
 
 GOOD = {
     "thresholds": [0.9, 0.75],

@@ -344,7 +344,7 @@ def _number(value, where: str) -> float:
 
 def exit_summary_table(cache: ExitCache) -> str:
     """Each exit's val and test accuracy and cost (MFLOPs, % of the baseline network)."""
-    from tradeoff.report.documents import mflops_text  # the one cost formatter
+    from tradeoff.report.tables import mflops_text  # the one cost formatter
 
     splits = [s for s in ("val", "test") if (cache.split == s).any()]
     correct = cache.logits.argmax(axis=2) == cache.labels[None, :]  # (K, N)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tradeoff.commands.common import add_command, prepare_output, si_int
+from tradeoff.commands.common import add_command, prepare_output, run_in_process_group, si_int
 from tradeoff.commands.defaults import default_cache_path
 
 
@@ -54,14 +54,7 @@ def run(args) -> int:
     prepare_output(args.out if args.out else default_cache_path(args.ckpt, "data"))
     if ctx is None:
         return _cache(args, None, None)
-    with shard.process_group(ctx, args.device) as device:
-        try:
-            return _cache(args, ctx, device)
-        except (ValueError, TypeError, OSError, RuntimeError) as exc:
-            print(f"tradeoff cache: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
-                  flush=True)
-            shard.barrier(ctx, device)
-            return 1
+    return run_in_process_group("cache", _cache, args, ctx)
 
 
 def _cache(args, ctx, device) -> int:

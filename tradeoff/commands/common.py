@@ -117,3 +117,24 @@ def prepare_output(path: str | os.PathLike, *, flag: str = "--out", directory: b
 
 def warn(command: str, message: str) -> None:
     print(f"tradeoff {command}: warning: {message}", file=sys.stderr)
+
+
+def run_in_process_group(command: str, work, args, ctx, *, no_barrier: tuple = ()) -> int:
+    """`work(args, ctx, device)` in torchrun's process group (`cache.shard.process_group`).
+
+    On a failure each process prints why (one line) and then waits at a barrier, since
+    torchrun ends the others as soon as one process is gone; an exception of a
+    `no_barrier` type skips the barrier (the others failed with it). Returns work's exit
+    code, or 1 on a failure.
+    """
+    from tradeoff.cache import shard
+
+    with shard.process_group(ctx, args.device) as device:
+        try:
+            return work(args, ctx, device)
+        except (ValueError, TypeError, OSError, RuntimeError) as exc:
+            print(f"tradeoff {command}: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
+                  flush=True)
+            if not isinstance(exc, no_barrier):
+                shard.barrier(ctx, device)
+            return 1

@@ -7,7 +7,7 @@ on val), and leave one run directory:
     <out>/model.pt  cache.npz  thresholds.json  pareto.csv  summary.json  pareto.png  exits.png  report.html
 
 The model and cache are built in a staging directory beside `<out>` and moved into the run
-directory inside `report.write_run`, which swaps the finished directory in as one step: a
+directory inside `rundir.write_run`, which swaps the finished directory in as one step: a
 reader (or a second demo) never sees a half-written `<out>`.
 """
 
@@ -79,7 +79,7 @@ def run_demo(
         log: callable taking one line of text.
     """
     from tradeoff.report import plots
-    from tradeoff.report import documents as report
+    from tradeoff.report import rundir
     from tradeoff.report import html as report_html
     from tradeoff.cache.build import cache_checkpoint
     from tradeoff.cache.importer import exit_summary_table
@@ -123,7 +123,7 @@ def run_demo(
             plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), run_dir)
             report_html.write_report(run_dir, lock=False)  # finds cache.npz beside it (moved in just before)
 
-        report.write_run(out, result, extra=[move_artefacts, draw])
+        rundir.write_run(out, result, extra=[move_artefacts, draw])
         seconds["search"] = time.perf_counter() - t0
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -145,7 +145,7 @@ def run_demo(
 
 def demo_summary(result: DemoResult) -> str:
     """A few lines: the network, the chosen thresholds, what they give on val and test."""
-    from tradeoff.report.documents import accuracy_text as acc, share_text
+    from tradeoff.report.tables import accuracy_text as acc, share_text
 
     exits = " / ".join(acc(a) for a in result.exit_test_accuracy)
     lines = [

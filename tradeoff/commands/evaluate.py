@@ -34,8 +34,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from tradeoff.cache.format import load_cache
     from tradeoff.fileio import write_json_atomic
-    from tradeoff.policy.rule import ExitRule, parse_thresholds, read_rule, threshold_text
-    from tradeoff.report.documents import format_table
+    from tradeoff.policy.rule import ExitRule, parse_thresholds, threshold_text
+    from tradeoff.policy.rule_file import read_rule
+    from tradeoff.report.tables import format_table
     from tradeoff.report.evaluation import evaluate_rule
 
     if args.json:

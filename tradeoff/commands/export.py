@@ -33,7 +33,7 @@ def run(args) -> int:
 
     from tradeoff.commands.run import load_inputs
     from tradeoff.runtime.onnx_export import export_early_exit, export_original
-    from tradeoff.runtime.onnx_session import export_metadata, rule_kwargs
+    from tradeoff.runtime.onnx_session import export_metadata
 
     if args.original and Path(args.original).resolve() == Path(args.out).resolve():
         raise ValueError(f"--original {args.original} is the same file as --out; give it another name")
@@ -41,7 +41,7 @@ def run(args) -> int:
     example = torch.zeros((1, *data.input_shape), dtype=torch.float32)
     meta = export_metadata(loaded, tf)
     print(f"exporting the early-exit graph of {loaded.arch} ({tf.num_exits} exits) ...", file=sys.stderr, flush=True)
-    out = export_early_exit(loaded.model, **rule_kwargs(tf.rule), example_input=example, out_path=args.out,
+    out = export_early_exit(loaded.model, tf.rule, example_input=example, out_path=args.out,
                             opset=args.opset, metadata=meta)
     print(f"wrote {out} (input 'input' float32 (N, {', '.join(map(str, data.input_shape))}); "
           "outputs 'label', 'exit', 'confidence')")

@@ -24,7 +24,7 @@ def run(args) -> int:
     Holds the run's exclusive lock while reading and writing, so a concurrent
     `tradeoff search --out RUN_DIR` cannot swap the directory in between.
     """
-    from tradeoff.report import documents as report
+    from tradeoff.report import rundir
     from tradeoff.report.plots import exits_plot_data, pareto_plot_data, read_run_files, save_plots
     run_dir = Path(args.run)
     if not run_dir.is_dir():
@@ -32,7 +32,7 @@ def run(args) -> int:
     from tradeoff.commands.common import prepare_output
 
     prepare_output(run_dir / "pareto.png")  # a read-only run fails before drawing
-    with report.run_lock(run_dir):
+    with rundir.run_lock(run_dir):
         files = read_run_files(run_dir, lock=False)
         paths = save_plots(pareto_plot_data(files), exits_plot_data(files), run_dir)
     print("wrote " + ", ".join(str(p) for p in paths))

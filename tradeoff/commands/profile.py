@@ -38,7 +38,7 @@ def run(args) -> int:
     from tradeoff.fileio import write_json_atomic
     from tradeoff.policy.latency import SPREAD_WARNING
     from tradeoff.policy.rule import ExitRule
-    from tradeoff.report.documents import format_table
+    from tradeoff.report.tables import format_table
     from tradeoff.runtime.early_exit import EarlyExitModel, model_stages
     from tradeoff.runtime.profile import noisy_items, profile_document, profile_latency
     import torch

@@ -57,7 +57,7 @@ def load_inputs(args):
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.data import load_data
     from tradeoff.fileio import sha256_file
-    from tradeoff.policy.rule import read_rule
+    from tradeoff.policy.rule_file import read_rule
     from tradeoff.runtime.early_exit import model_stages
 
     loaded = load_checkpoint(args.ckpt, arch=args.arch, num_classes=args.num_classes, trust=args.trust_checkpoint)
@@ -89,9 +89,9 @@ def run(args) -> int:
     """`tradeoff run`: apply a thresholds.json to its model on the test split, for real."""
     from tradeoff.fileio import write_json_atomic
     from tradeoff.flops import exit_costs
-    from tradeoff.runtime.agreement import unexplained_disagreements
+    from tradeoff.runtime.agreement import cache_agreement, cache_decisions, unexplained_disagreements
     from tradeoff.runtime.early_exit import EarlyExitModel
-    from tradeoff.runtime.report import cache_agreement, evaluate_runtime, report_document, report_table
+    from tradeoff.runtime.report import evaluate_runtime, report_document, report_table
     import torch
 
     for name in ("batch_size", "repeats", "threads"):
@@ -109,8 +109,11 @@ def run(args) -> int:
     report = evaluate_runtime(runner, data.x, data.y, flops=costs.flops, baseline_flops=costs.baseline_flops,
                               batch_size=args.batch_size, repeats=args.repeats, progress=progress_enabled(args))
     predicted = _predicted_latency(args, tf.path, loaded.sha256, tf.num_exits, report.exit_fractions, compiled)
-    agreement = cache_agreement(cache_path, tf.rule, data.y, report) if cache_path is not None else None
-    disagreement = unexplained_disagreements(cache_path, tf.rule, report) if cache_path is not None else None
+    agreement = disagreement = None
+    if cache_path is not None:
+        decisions = cache_decisions(cache_path, tf.rule, data.y)
+        agreement = cache_agreement(decisions, report.exits, report.predictions)
+        disagreement = unexplained_disagreements(decisions, report.exits, report.predictions)
     doc = report_document(
         report,
         batch_size=args.batch_size,
@@ -190,7 +193,7 @@ def run_onnxruntime(args) -> int:
     from tradeoff.runtime.timing import Latency
     from tradeoff.runtime.onnx_export import export_early_exit, export_original
     from tradeoff.runtime.onnx_session import (
-        export_metadata, onnx_cache_agreement, onnxruntime_version, ort_session, rule_kwargs, run_session, time_sessions,
+        export_metadata, onnxruntime_version, ort_session, run_session, time_sessions,
     )
 
     if args.compiled:
@@ -204,7 +207,7 @@ def run_onnxruntime(args) -> int:
     meta = export_metadata(loaded, tf)
     with tempfile.TemporaryDirectory(prefix="tradeoff-onnx-") as tmp:
         print("exporting the early-exit graph and the original network to ONNX ...", file=sys.stderr, flush=True)
-        early_path = export_early_exit(loaded.model, **rule_kwargs(tf.rule), example_input=example,
+        early_path = export_early_exit(loaded.model, tf.rule, example_input=example,
                                        out_path=Path(tmp) / "early_exit.onnx", opset=args.opset, metadata=meta)
         deep_path = export_original(loaded.model, example_input=example, out_path=Path(tmp) / "original.onnx",
                                     opset=args.opset, metadata=meta)
@@ -219,7 +222,11 @@ def run_onnxruntime(args) -> int:
     report = RuntimeReport(accuracy=float(np.mean(labels == y)), exit_fractions=np.bincount(exits, minlength=K) / exits.size,
                            exits=exits, predictions=labels, flops=costs.flops, baseline_flops=costs.baseline_flops,
                            latency=latency)
-    agreement = onnx_cache_agreement(cache_path, tf.rule, y, labels, exits) if cache_path is not None else None
+    agreement = None
+    if cache_path is not None:
+        from tradeoff.runtime.agreement import cache_agreement, cache_decisions
+
+        agreement = cache_agreement(cache_decisions(cache_path, tf.rule, y), exits, labels)
     doc = report_document(report, backend="onnxruntime", batch_size=args.batch_size, threads=args.threads,
                           repeats=args.repeats, **tf.rule.document(), thresholds_file=str(tf.path), checkpoint=str(loaded.path),
                           checkpoint_sha256=loaded.sha256, arch=loaded.arch, data=spec, split="test",
@@ -243,7 +250,7 @@ def _cache_to_compare(args, tf, sha256_file) -> Path | None:
         ValueError: --cache is the recorded cache file but was rebuilt since the search (say
             with --logits-dtype float16): the message names that cause and the fix, not the path.
     """
-    from tradeoff.report.documents import resolve_recorded_cache
+    from tradeoff.report.rundir import resolve_recorded_cache
 
     recorded = resolve_recorded_cache(Path(args.thresholds).parent, tf.cache)
     if not getattr(args, "cache", None):

@@ -69,7 +69,9 @@ def run(args) -> int:
     """`tradeoff search`: pick the cache, search, write the run directory, print a summary."""
     from tradeoff.cache.format import load_cache
     from tradeoff.report import documents as report
-    from tradeoff.search.run import Pick, check_delta_pick, run_search
+    from tradeoff.report import rundir
+    from tradeoff.search.run import run_search
+    from tradeoff.search.settings import Pick, check_delta_pick
 
     pick = Pick.from_options(target_acc=args.target_acc, max_drop=args.max_drop, budget_flops=args.budget_flops,
                              budget_ms=args.budget_ms)
@@ -128,9 +130,9 @@ def run(args) -> int:
     from tradeoff.report import html as report_html
 
     extra.append(lambda run_dir: report_html.write_report(run_dir, cache_path=cache_path, lock=False))
-    report.write_run(out, result, extra=extra, expect=expect)
+    rundir.write_run(out, result, extra=extra, expect=expect)
     print(report.summary_text(result))
-    written = ", ".join([report.THRESHOLDS_FILE, report.PARETO_FILE, report.SUMMARY_FILE]
+    written = ", ".join([rundir.THRESHOLDS_FILE, rundir.PARETO_FILE, rundir.SUMMARY_FILE]
                         + ([] if len(extra) == 1 else ["pareto.png", "exits.png"]) + [report_html.REPORT_FILE])
     print(f"\nwrote {out}/ ({written})")
     if replaced is not None and Path(replaced).resolve() != cache_path.resolve():

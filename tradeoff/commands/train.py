@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tradeoff.commands.common import add_command, progress_enabled, si_int
+from tradeoff.commands.common import add_command, progress_enabled, run_in_process_group, si_int
 
 
 def add_parser(sub) -> None:
@@ -87,15 +87,8 @@ def run(args) -> int:
         return work(args, None, None)
     from tradeoff.training.loop import TrainingStepFailed
 
-    with shard.process_group(ctx, args.device) as device:
-        try:
-            return work(args, ctx, device)
-        except (ValueError, TypeError, OSError, RuntimeError) as exc:
-            print(f"tradeoff train: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr,
-                  flush=True)
-            if not isinstance(exc, TrainingStepFailed):  # the others failed with it: let them all say why
-                shard.barrier(ctx, device)
-            return 1
+    # a failed training step fails every process at once: no barrier then
+    return run_in_process_group("train", work, args, ctx, no_barrier=(TrainingStepFailed,))
 
 
 def _arch_kwargs(args) -> dict:
@@ -143,7 +136,7 @@ def _on_sigterm(signum, frame):
 def _train(args, ctx, device) -> int:
     from tradeoff.data import load_data
     from tradeoff.models import resolve_builder
-    from tradeoff.report.documents import accuracy_text
+    from tradeoff.report.tables import accuracy_text
     from tradeoff.training.loop import TrainingInterrupted, default_config, train_model
 
     main = ctx is None or ctx.is_main
@@ -183,7 +176,7 @@ def _train(args, ctx, device) -> int:
 def _run_dan(args, ctx, device) -> int:
     """`tradeoff train --arch dan_<family>`: parse-level settings -> `train_dan`, then a summary."""
     from tradeoff.data import load_data
-    from tradeoff.report.documents import accuracy_text
+    from tradeoff.report.tables import accuracy_text
     from tradeoff.training.dan import DANConfig, dan_family, train_dan
     from tradeoff.training.loop import default_config
 

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tradeoff.policy.confidence import check_measure, ensemble_predictions, exit_outputs, most_confident_predictions
+from tradeoff.policy.confidence import (
+    check_measure,
+    confidence_of,
+    ensemble_predictions,
+    exit_outputs,
+    most_confident_predictions,
+    softmax,
+)
 from tradeoff.policy.rule import FALLBACKS, ExitRule
 
 
@@ -184,14 +191,20 @@ def rule_table(logits: np.ndarray, labels: np.ndarray, flops: np.ndarray, rule: 
                       fallback=rule.fallback, keep_predictions=rule.per_class)
 
 
-def rule_decisions(logits: np.ndarray, rule: ExitRule) -> tuple[np.ndarray, np.ndarray]:
+def rule_decisions(logits: np.ndarray, rule: ExitRule, *, with_confidence: bool = False) -> tuple[np.ndarray, ...]:
     """Exit (0-based) and answer of each sample of (K, n, C) logits under `rule`, in one pass.
 
-    The same definitions as `rule_table` + `exit_indices`; the runtime and `tradeoff
-    evaluate`'s bootstrap compare with it. A fallback sample reports exit K-1.
+    The same definitions as `rule_table` + `exit_indices`; the runtime, the ONNX graph and
+    `tradeoff evaluate`'s bootstrap compare with it. A fallback sample reports exit K-1.
+
+    Args:
+        with_confidence: also return the confidence of each answer: its exit's, or for a
+            fallback sample the ensemble's (confidence of the softmax of the mean tempered
+            logits) or the most confident exit's (what the ONNX graph outputs). Softmax
+            measures only ("patience" raises ValueError).
 
     Returns:
-        exits (n,) int64 and predictions (n,) int64.
+        exits (n,) int64 and predictions (n,) int64 (and confidences (n,) float64).
     """
     temps = None if rule.temperatures is None else rule.temperature_array()
     conf, pred = exit_outputs(logits, confidence=rule.confidence, ensemble=rule.ensemble, temperatures=temps)
@@ -201,7 +214,23 @@ def rule_decisions(logits: np.ndarray, rule: ExitRule) -> tuple[np.ndarray, np.n
     answers = pred[exits, np.arange(n)]
     if by_fallback.any():
         answers[by_fallback] = fallback_predictions(logits, conf, pred, rule.fallback, temps)[by_fallback]
-    return exits, answers
+    if not with_confidence:
+        return exits, answers
+    confidences = conf[exits, np.arange(n)]
+    if by_fallback.any():
+        confidences[by_fallback] = _fallback_confidences(logits, conf, rule, temps)[by_fallback]
+    return exits, answers, confidences
+
+
+def _fallback_confidences(logits: np.ndarray, conf: np.ndarray, rule: ExitRule, temperatures) -> np.ndarray:
+    """(n,) confidence of the fallback's answer (beside `fallback_predictions`)."""
+    if rule.fallback == "ensemble":
+        scaled = np.asarray(logits, dtype=np.float64) / (np.ones(conf.shape[0]) if temperatures is None
+                                                          else np.asarray(temperatures))[:, None, None]
+        return confidence_of(softmax(scaled.mean(axis=0)), rule.confidence)
+    if rule.fallback == "most-confident":
+        return conf.max(axis=0)
+    return conf[-1]
 
 
 # --------------------------------------------------------------------------- exit rule

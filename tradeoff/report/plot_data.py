@@ -1,19 +1,23 @@
 """What the plots draw, gathered first (optuna's habit): `pareto_plot_data` and
-`exits_plot_data` collect exactly what will be drawn into frozen dataclasses, from a
-`SearchResult` or from the files of a run directory (so `tradeoff plot RUN` redraws without
-the cache). NumPy only: no matplotlib here.
+`exits_plot_data` collect exactly what will be drawn into frozen dataclasses. Each plot is
+gathered once, from a run's documents (`thresholds.json`, `summary.json`, `pareto.csv`):
+read from a run directory (so `tradeoff plot RUN` redraws without the cache), or built in
+memory from a `SearchResult` (`run_files_of`), so both draw the same values. NumPy only: no
+matplotlib here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from tradeoff.cache.format import uncounted_ops_note
 from tradeoff.report import documents as report
+from tradeoff.report import rundir
 from tradeoff.policy.rule import OFF_THRESHOLD, rule_thresholds
+
 
 # --------------------------------------------------------------------------- gathered data
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ class ExitsPlotData:
 class RunFiles:
     """The parsed files of a run directory (what `tradeoff plot` reads)."""
 
-    run_dir: Path
+    run_dir: Path | None  # None: a SearchResult's documents, built in memory (`run_files_of`)
     thresholds: dict
     summary: dict
     pareto: dict
@@ -126,9 +130,20 @@ def read_run_files(run_dir: str | os.PathLike, *, lock: bool = True) -> RunFiles
         FileNotFoundError / ValueError: a missing or malformed file, in one line.
     """
     run_dir = Path(run_dir)
-    thresholds, summary, csv_text = report.read_run(run_dir, lock=lock)
-    pareto = report.parse_pareto_csv(csv_text, source=str(run_dir / report.PARETO_FILE))
+    thresholds, summary, csv_text = rundir.read_run(run_dir, lock=lock)
+    pareto = rundir.parse_pareto_csv(csv_text, source=str(run_dir / rundir.PARETO_FILE))
     return RunFiles(run_dir, thresholds, summary, pareto)
+
+
+def run_files_of(result) -> RunFiles:
+    """A SearchResult's run files, built in memory: the documents `rundir.write_run` writes,
+    through the same JSON encoding, so the search's own plots and `tradeoff plot RUN` gather
+    from exactly the same values (one gather per plot). `run_dir` is None."""
+    def encoded(doc: dict) -> dict:
+        return json.loads(json.dumps(doc, allow_nan=False))
+
+    return RunFiles(None, encoded(report.thresholds_document(result)), encoded(report.summary_document(result)),
+                    rundir.parse_pareto_csv(report.pareto_csv(result)))
 
 
 def _floats(values) -> tuple[float, ...]:
@@ -186,12 +201,14 @@ def _target_lines(pick: dict, deepest_val_acc: float) -> tuple[float | None, flo
     return None, None, None
 
 
-def _source(data, gather: str):
-    """A SearchResult passes through; a path or RunFiles becomes RunFiles."""
+def _source(data, gather: str) -> RunFiles:
+    """The run files to gather from: read from a path, as given, or a SearchResult's documents."""
     if isinstance(data, (str, os.PathLike)):
         return read_run_files(data)
-    if isinstance(data, RunFiles) or hasattr(data, "fronts") and hasattr(data, "chosen"):
+    if isinstance(data, RunFiles):
         return data
+    if hasattr(data, "fronts") and hasattr(data, "chosen"):
+        return run_files_of(data)
     raise TypeError(f"{gather} takes a SearchResult, a RunFiles or a run directory path; got {type(data).__name__}")
 
 
@@ -202,40 +219,8 @@ def pareto_plot_data(source) -> ParetoPlotData:
         TypeError: `source` is none of those.
         FileNotFoundError / ValueError: a run directory with a missing or malformed file.
     """
-    source = _source(source, "pareto_plot_data")
-    if isinstance(source, RunFiles):
-        return _in_ms(_files_guard(source, _pareto_from_files), source.summary.get("cost") == "ms")
-    result = source
-    reported = result.front("nsga")
-    fronts = [
-        FrontSeries(
-            "nsga",
-            _mflops(reported.val.flops),
-            _floats(reported.val.accuracy),
-            _mflops(reported.test.flops),
-            _floats(reported.test.accuracy),
-        )
-    ]
-    # the per-class front is drawn with its test points too (beside the per-exit one)
-    fronts += [FrontSeries(f.method, _mflops(f.val.flops), _floats(f.val.accuracy),
-                           *((_mflops(f.test.flops), _floats(f.test.accuracy)) if f.method == "nsga-per-class" else ()))
-               for f in result.fronts if f.method != "nsga"]
-    exits = tuple(ExitPoint(e.name, e.flops / 1e6, e.val_accuracy, e.test_accuracy) for e in result.exits)
-    c = result.chosen
-    target, budget, label = _target_lines(result.settings.pick.as_dict(), result.exits[-1].val_accuracy)
-    return _in_ms(ParetoPlotData(
-        title=_title(result.cache_meta, result.cache_path),
-        cost_label=_cost_label(result.cache_meta),
-        coincide=_coinciding({f.method: float(f.hypervolume) for f in result.fronts}, "nsga"),
-        baseline_mflops=result.baseline_flops / 1e6,
-        fronts=tuple(fronts),
-        exits=exits,
-        chosen=ChosenMark(c.method, c.val.flops / 1e6, c.val.accuracy, c.test.flops / 1e6, c.test.accuracy, _floats(c.test_accuracy_ci95)),
-        target_accuracy=target,
-        budget_mflops=budget,
-        target_label=label,
-        certified=_certified_label(report.thresholds_document(result).get("guarantee")),
-    ), getattr(result, "cost", "flops") == "ms")
+    files = _source(source, "pareto_plot_data")
+    return _in_ms(_files_guard(files, _pareto_from_files), files.summary.get("cost") == "ms")
 
 
 def _certified_label(doc: dict | None) -> str | None:
@@ -249,22 +234,14 @@ def _certified_label(doc: dict | None) -> str | None:
 
 def exits_plot_data(source) -> ExitsPlotData:
     """Gather what `plot_exits` draws from a SearchResult, or from a run directory's files."""
-    source = _source(source, "exits_plot_data")
-    if isinstance(source, RunFiles):
-        return _in_ms(_files_guard(source, _exits_from_files), source.summary.get("cost") == "ms")
-    result = source
-    return _in_ms(ExitsPlotData(
-        title=_title(result.cache_meta, result.cache_path),
-        exit_names=tuple(result.exit_names),
-        exit_mflops=_mflops(result.flops),
-        thresholds=rule_thresholds(result.chosen.thresholds),
-        val_fractions=_floats(result.chosen.val.exit_fractions),
-        test_fractions=_floats(result.chosen.test.exit_fractions),
-    ), getattr(result, "cost", "flops") == "ms")
+    files = _source(source, "exits_plot_data")
+    return _in_ms(_files_guard(files, _exits_from_files), files.summary.get("cost") == "ms")
 
 
 def _files_guard(files: RunFiles, gather):
     """Turn a missing key or a wrong type in the JSON files into one clear line."""
+    if files.run_dir is None:  # documents made in memory by this package: a failure here is a bug, not bad input
+        return gather(files)
     try:
         return gather(files)
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:

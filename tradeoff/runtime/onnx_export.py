@@ -27,7 +27,8 @@ models' Python is not supported for every family.
 Decisions are made in float64 on the head's logits, as `policy.exit_outputs` does for
 the cache; a folded batch norm changes logits in the last float32 bits, so a confidence
 within ~1e-6 of a threshold may fall on the other side than in the (eager) cache.
-`rule_decisions` is the NumPy statement of the same rule on cached logits.
+`tradeoff.policy.table.rule_decisions` is the NumPy statement of the same rule on cached
+logits, the reference the graph is checked against.
 """
 
 from __future__ import annotations
@@ -40,137 +41,39 @@ import math
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from tradeoff.errors import first_line
-from tradeoff.policy.confidence import CONFIDENCE_MEASURES, confidence_of, exit_outputs, softmax
+from tradeoff.policy.confidence import SOFTMAX_MEASURES
+from tradeoff.policy.rule import OFF_THRESHOLD, ExitRule
 
-FALLBACKS = ("deepest", "ensemble", "most-confident")
 # The dynamo exporter writes opset 18 and newer; older opsets go through the ONNX version
 # converter, which does not convert the If/Scan subgraphs the exit rule needs.
 MIN_OPSET = 18
 OUTPUT_NAMES = ("label", "exit", "confidence")
 
 
-@dataclass(frozen=True)
-class ExportRule:
-    """The exit rule the graph runs, as plain values (validated by `make_rule`).
+def _graph_thresholds(rule: ExitRule) -> tuple:
+    """The rule's entries as the graph branches on them, shallow -> deep: None (off: nobody
+    leaves there, and its head is skipped when nothing else needs it), a float, or (per
+    class) C floats with a class switched off as `OFF_THRESHOLD` (no confidence reaches it)."""
+    def entry(t):
+        if not isinstance(t, tuple):
+            return t
+        if all(v is None for v in t):
+            return None
+        return tuple(OFF_THRESHOLD if v is None else float(v) for v in t)
 
-    Source: the per-exit max-softmax rule of BranchyNet/SCAN; SCAN's ensemble fallback
-    (Zhang et al., NeurIPS 2019, official code: argmax of the mean of all exits' logits);
-    SDN's most-confident fallback (Kaya et al., ICML 2019). See DESIGN.md "Exit rule".
-
-    Attributes:
-        thresholds: one entry per thresholded exit, shallow -> deep: None (switched off:
-            nobody leaves there), a float in [0, 1], or a tuple of C floats (per class,
-            indexed by the exit's predicted class). K-1 entries under `deepest` (the
-            deepest exit always answers), K under `ensemble` and `most-confident`.
-        confidence: "maxprob", "margin" or "entropy".
-        fallback: who answers a sample no exit accepted.
-        ensemble: exit k answers with the mean softmax of exits 1..k.
-        temperatures: K per-exit temperatures dividing the logits (ones when None).
-    """
-
-    thresholds: tuple
-    confidence: str = "maxprob"
-    fallback: str = "deepest"
-    ensemble: bool = False
-    temperatures: tuple | None = None
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.thresholds) + (self.fallback == "deepest")
-
-    def temperature(self, k: int) -> float:
-        return 1.0 if self.temperatures is None else self.temperatures[k]
-
-    def threshold(self, k: int):
-        """Exit k's threshold entry, None for the deepest exit under `deepest`."""
-        return self.thresholds[k] if k < len(self.thresholds) else None
-
-    def to_json(self) -> dict:
-        return asdict(self)
+    return tuple(entry(t) for t in rule.thresholds)
 
 
-def make_rule(thresholds, *, confidence: str = "maxprob", fallback: str = "deepest", ensemble: bool = False,
-              temperatures=None, num_exits: int, num_classes: int) -> ExportRule:
-    """Validate plain values into an `ExportRule` for a K-exit, C-class model.
-
-    Raises:
-        ValueError: wrong number of thresholds for the fallback, a value outside [0, 1],
-            a per-class row of the wrong length, an unknown measure or fallback, bad
-            temperatures, or `off` on the deepest exit under `deepest`.
-    """
-    K, C = num_exits, num_classes
-    if confidence not in CONFIDENCE_MEASURES:
-        raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_MEASURES)}; got {confidence!r}")
-    if fallback not in FALLBACKS:
-        raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}; got {fallback!r}")
-    want = K - 1 if fallback == "deepest" else K
-    entries = list(thresholds)
-    if len(entries) != want:
-        raise ValueError(
-            f"thresholds must hold {want} entries for a {K}-exit model under fallback {fallback!r} "
-            f"({'K-1: the deepest exit always answers' if want == K - 1 else 'K: the last exit is thresholded too'}); "
-            f"got {len(entries)}"
-        )
-    rows = []
-    for k, t in enumerate(entries):
-        if t is None:
-            rows.append(None)
-            continue
-        values = np.asarray(t, dtype=np.float64)
-        if values.ndim == 1 and values.shape != (C,):
-            raise ValueError(f"thresholds[{k}] is per class and must hold C = {C} numbers; got {values.shape[0]}")
-        if values.ndim > 1 or not np.all((values >= 0.0) & (values <= 1.0)):
-            raise ValueError(f"thresholds[{k}] must be null (off), a number in [0, 1] or {C} such numbers; got {t!r:.80}"
-                             " - switch an exit off with null, not a threshold above 1")
-        rows.append(float(values) if values.ndim == 0 else tuple(float(v) for v in values))
-    if temperatures is not None:
-        temps = np.asarray(temperatures, dtype=np.float64)
-        if temps.shape != (K,) or not np.all(np.isfinite(temps)) or np.any(temps <= 0):
-            raise ValueError(f"temperatures must be {K} positive numbers, one per exit; got {np.ravel(temps).tolist()}")
-        temperatures = tuple(float(T) for T in temps)
-    return ExportRule(tuple(rows), confidence, fallback, bool(ensemble), temperatures)
-
-
-# --------------------------------------------------------------------------- the rule, NumPy
-def rule_decisions(logits: np.ndarray, rule: ExportRule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The rule on cached (K, N, C) logits: labels (N,), exits (N,), confidences (N,).
-
-    The reference the exported graph is checked against: per-exit confidence and answer
-    from `policy.exit_outputs` (float64, the cache's definition), then the first exit
-    whose confidence reaches its threshold; the fallback answers the rest at exit K-1.
-    """
-    K, N, _ = logits.shape
-    temps = None if rule.temperatures is None else np.asarray(rule.temperatures)
-    conf, pred = exit_outputs(logits, confidence=rule.confidence, ensemble=rule.ensemble, temperatures=temps)
-    labels, confs = pred[K - 1].copy(), conf[K - 1].copy()
-    exits = np.full(N, K - 1, dtype=np.int64)
-    undecided = np.ones(N, dtype=bool)
-    for k in range(K):
-        t = rule.threshold(k)
-        if t is None:
-            continue
-        limit = np.asarray(t)[pred[k]] if isinstance(t, tuple) else t
-        leave = undecided & (conf[k] >= limit)
-        labels[leave], confs[leave], exits[leave] = pred[k][leave], conf[k][leave], k
-        undecided &= ~leave
-    if rule.fallback == "ensemble":
-        scaled = logits.astype(np.float64) / (np.ones(K) if temps is None else temps)[:, None, None]
-        probs = softmax(scaled.mean(axis=0))
-        labels[undecided] = probs.argmax(axis=-1)[undecided]
-        confs[undecided] = confidence_of(probs, rule.confidence)[undecided]
-    elif rule.fallback == "most-confident":
-        best = conf.argmax(axis=0)
-        labels[undecided] = pred[best, np.arange(N)][undecided]
-        confs[undecided] = conf[best, np.arange(N)][undecided]
-    return labels, exits, confs
+def _rule_json(rule: ExitRule) -> dict:
+    """The rule as recorded in the graph's `tradeoff.rule` metadata."""
+    return {"thresholds": list(_graph_thresholds(rule)), "confidence": rule.confidence, "fallback": rule.fallback,
+            "ensemble": rule.ensemble, "temperatures": rule.temperatures}
 
 
 # --------------------------------------------------------------------------- the rule, torch
@@ -180,15 +83,16 @@ class EarlyExitGraph(nn.Module):
     forward(x (N, ...)) -> (label int64 (N,), exit int64 (N,), confidence float32 (N,)).
     """
 
-    def __init__(self, stages: list, rule: ExportRule):
+    def __init__(self, stages: list, rule: ExitRule):
         super().__init__()
         self.sections = nn.ModuleList([stage[0] for stage in stages])
         self.heads = nn.ModuleList([stage[1] for stage in stages])
         self.rule = rule
+        self.thresholds = _graph_thresholds(rule)
         self.num_exits = len(stages)
         # Every exit's logits are needed by the ensemble answer and by both fallbacks.
         self.keep_all = rule.ensemble or rule.fallback != "deepest"
-        for k, t in enumerate(rule.thresholds):
+        for k, t in enumerate(self.thresholds):
             if isinstance(t, tuple):
                 self.register_buffer(f"per_class_{k}", torch.tensor(t, dtype=torch.float64), persistent=False)
 
@@ -222,12 +126,13 @@ class EarlyExitGraph(nn.Module):
     def _from(self, k: int, x: torch.Tensor, hist):
         """Run section k on one sample (1, ...) and decide; deeper exits only if it stays."""
         x = self.sections[k](x)
-        t, last = self.rule.threshold(k), k == self.num_exits - 1
+        t, last = self._threshold(k), k == self.num_exits - 1
         if t is None and not last and not self.keep_all:
             return self._from(k + 1, x, hist)  # switched off, and nothing needs its head
         z = self.heads[k](x)[0].to(torch.float64)
-        if self.rule.temperature(k) != 1.0:
-            z = z / self.rule.temperature(k)
+        temperature = 1.0 if self.rule.temperatures is None else self.rule.temperatures[k]
+        if temperature != 1.0:
+            z = z / temperature
         hist = z[None] if hist is None or not self.keep_all else torch.cat([hist, z[None]])
         conf, pred = self._outputs(hist)
         if last:
@@ -244,9 +149,13 @@ class EarlyExitGraph(nn.Module):
 
         return torch.cond(conf >= limit, leave, stay, (x, hist, conf, pred))
 
+    def _threshold(self, k: int):
+        """Exit k's threshold entry, None for the deepest exit under `deepest`."""
+        return self.thresholds[k] if k < len(self.thresholds) else None
+
     def _limit(self, k: int, pred: torch.Tensor):
         """Exit k's threshold for a sample answered `pred` (a float, or a per-class lookup)."""
-        t = self.rule.threshold(k)
+        t = self._threshold(k)
         if not isinstance(t, tuple):
             return t
         return getattr(self, f"per_class_{k}").index_select(0, pred.reshape(1))[0]
@@ -289,16 +198,19 @@ class OriginalNetwork(nn.Module):
 
 
 # --------------------------------------------------------------------------- export
-def export_early_exit(model: nn.Module, *, thresholds, confidence: str = "maxprob", fallback: str = "deepest",
-                      temperatures=None, ensemble: bool = False, example_input: torch.Tensor,
+def export_early_exit(model: nn.Module, rule: ExitRule, *, example_input: torch.Tensor,
                       out_path: str | os.PathLike, opset: int | None = None, metadata: dict | None = None) -> Path:
     """Write one ONNX file holding the sections, heads and exit rule of `model`.
 
+    Source of the rule: the per-exit max-softmax rule of BranchyNet/SCAN; SCAN's ensemble
+    fallback (Zhang et al., NeurIPS 2019, official code: argmax of the mean of all exits'
+    logits); SDN's most-confident fallback (Kaya et al., ICML 2019). See DESIGN.md "Exit rule".
+
     Args:
         model: a multi-exit network with `stages()` (K (section, head) pairs).
-        thresholds: per exit None | float | C floats (see `ExportRule`); K-1 entries
-            under fallback "deepest", K under "ensemble" and "most-confident".
-        confidence, fallback, temperatures, ensemble: the rest of the rule (`ExportRule`).
+        rule: the `ExitRule` the graph runs (thresholds, off exits, per class, confidence
+            measure maxprob / margin / entropy, temperatures, ensemble, fallback); checked
+            against the model's K exits and C classes.
         example_input: (n, C, H, W) float32 sample(s) of the model's input; only its
             per-sample shape matters (the graph takes any batch size N >= 1).
         out_path: the .onnx file, written atomically (nothing is left on failure).
@@ -309,18 +221,24 @@ def export_early_exit(model: nn.Module, *, thresholds, confidence: str = "maxpro
         out_path as a Path.
 
     Raises:
-        ValueError: a bad rule (`make_rule`), a model without stages, an opset too old
-            for If/Scan, or a stage that cannot be traced (naming the stage and the op).
+        TypeError: `rule` is not an ExitRule.
+        ValueError: a rule that does not fit the model (`ExitRule.check_fits`), confidence
+            "patience" (not in the graph), a model without stages, an opset too old for
+            If/Scan, or a stage that cannot be traced (naming the stage and the op).
     """
+    if not isinstance(rule, ExitRule):
+        raise TypeError(f"rule must be a tradeoff.ExitRule (read_rule(path).rule); got {type(rule).__name__}")
+    if rule.confidence not in SOFTMAX_MEASURES:
+        raise ValueError(f"confidence {rule.confidence!r} cannot be exported: the ONNX graph computes "
+                         f"{', '.join(SOFTMAX_MEASURES)} - search thresholds for one of those")
     from tradeoff.runtime.early_exit import model_stages
 
     stages = model_stages(model)
     example = _check_example(example_input)
     with torch.no_grad():
         num_classes = int(_probe_classes(stages, example))
-    rule = make_rule(thresholds, confidence=confidence, fallback=fallback, ensemble=ensemble,
-                     temperatures=temperatures, num_exits=len(stages), num_classes=num_classes)
-    meta = {"graph": "early-exit", "rule": json.dumps(rule.to_json()), "thresholds": json.dumps(list(rule.thresholds)),
+    rule.check_fits(len(stages), num_classes)
+    meta = {"graph": "early-exit", "rule": json.dumps(_rule_json(rule)), "thresholds": json.dumps(list(_graph_thresholds(rule))),
             "num_exits": str(len(stages)), "num_classes": str(num_classes), "batch": "per-sample ONNX Scan"}
     return _export(EarlyExitGraph(stages, rule), stages, example, out_path, opset, {**meta, **(metadata or {})},
                    OUTPUT_NAMES)

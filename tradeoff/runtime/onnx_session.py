@@ -4,8 +4,8 @@
 `ort_session` opens a graph written by `runtime.onnx_export` on ONNX Runtime's CPU
 provider, `run_session` runs it over an array in batches, `time_sessions` times several
 graphs side by side (interleaved passes, medians, as `runtime.early_exit.measure_latency`
-does for torch) and `onnx_cache_agreement` compares the graph's exits and labels with the
-exit rule applied to the cache's test logits.
+does for torch); `runtime.agreement` compares the graph's exits and labels with the exit rule
+applied to the cache's test logits.
 """
 
 from __future__ import annotations
@@ -15,13 +15,6 @@ import time
 
 import numpy as np
 
-from tradeoff.runtime.onnx_export import make_rule, rule_decisions
-
-
-def rule_kwargs(rule) -> dict:
-    """An `ExitRule` as `export_early_exit` / `make_rule` keywords."""
-    return dict(thresholds=list(rule.thresholds), confidence=rule.confidence, ensemble=rule.ensemble,
-                fallback=rule.fallback, temperatures=None if rule.temperatures is None else list(rule.temperatures))
 
 
 def export_metadata(loaded, rule_file) -> dict:
@@ -83,18 +76,3 @@ def time_sessions(sessions: dict, x: np.ndarray, *, batch_size: int, repeats: in
         for name in names if r % 2 == 0 else names[::-1]:
             passes[name].append(one_pass(sessions[name]))
     return {name: (statistics.median(p), p) for name, p in passes.items()}
-
-
-def onnx_cache_agreement(cache_path, rule, labels: np.ndarray, got_labels: np.ndarray, got_exits: np.ndarray) -> dict:
-    """Fraction of test samples whose ONNX exit and label equal `rule_decisions` on the cached logits."""
-    from tradeoff.cache.format import load_cache
-
-    test = load_cache(cache_path).select("test")
-    if not np.array_equal(test.labels, labels):
-        raise ValueError(
-            f"--cache {cache_path}: its test split ({test.num_samples} rows) is not the --data test split "
-            f"({labels.size} rows) in the same order; pass the data the cache was built from"
-        )
-    export_rule = make_rule(**rule_kwargs(rule), num_exits=test.num_exits, num_classes=test.logits.shape[-1])
-    want_labels, want_exits, _ = rule_decisions(test.logits, export_rule)
-    return {"exits": float(np.mean(want_exits == got_exits)), "predictions": float(np.mean(want_labels == got_labels))}

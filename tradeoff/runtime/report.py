@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tradeoff.policy.confidence import exit_outputs
-from tradeoff.policy.rule import ExitRule
 from tradeoff.runtime.early_exit import EarlyExitModel
 from tradeoff.runtime.timing import Latency, measure_latency, run_early_exit
 
@@ -130,7 +128,7 @@ def report_table(report: RuntimeReport, thresholds, *, exit_names=None, search_t
 
     `thresholds`: an `ExitRule`'s entries (None = off, per-class rows) or a (K-1,) array."""
     from tradeoff.policy.rule import threshold_text
-    from tradeoff.report.documents import format_table
+    from tradeoff.report.tables import format_table
 
     K = report.flops.size
     names = list(exit_names) if exit_names and len(exit_names) == K else [f"exit{k + 1}" for k in range(K)]
@@ -165,26 +163,3 @@ def report_table(report: RuntimeReport, thresholds, *, exit_names=None, search_t
 
 def _on(flag: bool | None) -> str:
     return "n/a" if flag is None else "on" if flag else "off"
-
-
-def cache_agreement(cache_path, rule: ExitRule, labels: np.ndarray, report: RuntimeReport) -> dict:
-    """How often the runtime's exits and answers equal the exit rule on the cached test logits.
-
-    Differences can only come from float32 rounding: a convolution's result depends at
-    the last bit on the batch it ran in, so a confidence within ~1e-7 of a threshold can
-    fall on either side.
-    """
-    from tradeoff.cache.format import load_cache
-    from tradeoff.policy.table import rule_decisions
-
-    test = load_cache(cache_path).select("test")
-    if not np.array_equal(test.labels, labels):
-        raise ValueError(
-            f"cache {cache_path}: its test split ({test.num_samples} rows) is not the data's test split "
-            f"({labels.size} rows) in the same order; pass the data the cache was built from"
-        )
-    exits, answers = rule_decisions(test.logits, rule)
-    return {
-        "exits": float(np.mean(exits == report.exits)),
-        "predictions": float(np.mean(answers == report.predictions)),
-    }
