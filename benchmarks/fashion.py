@@ -21,6 +21,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ class FashionDemo:
         return self.dir / "thresholds.json"
 
 
+@lru_cache(maxsize=1)
 def fashion_available() -> bool:
     """Is Debian's dataset-fashion-mnist installed where `--data fashion-mnist` reads it?"""
     from tradeoff.data import load_data
@@ -139,6 +141,17 @@ def _run_demo(out: Path, log) -> dict:
     return record
 
 
+def quick_fashion_model():
+    """A seeded, untrained scan_cnn for 28x28 Fashion-MNIST (smoke runs), in eval mode."""
+    import torch
+
+    from tradeoff.models import create_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return create_model(ARCH, num_classes=10).eval()
+
+
 def quick_fashion_cache(samples: int = 300):
     """A smoke-test cache: seeded untrained scan_cnn on the first `samples` val and test images.
 
@@ -146,21 +159,16 @@ def quick_fashion_cache(samples: int = 300):
     """
     if not fashion_available():
         return None
-    import torch
-
-    from tradeoff.cache.build import build_cache
     from dataclasses import replace
 
+    from tradeoff.cache.build import build_cache
     from tradeoff.data import load_data
     from tradeoff.flops import exit_costs
-    from tradeoff.models import create_model
 
     full = load_data(DATA, splits=("val", "test"))
     keep = np.concatenate([np.flatnonzero(full.split == s)[:samples] for s in ("val", "test")])
     data = replace(full, x=full.x[keep], y=full.y[keep], split=full.split[keep])
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = create_model(ARCH, num_classes=data.num_classes).eval()
+    model = quick_fashion_model()
     costs = exit_costs(model, data.input_shape)
     return build_cache(model, data, costs, progress=False, meta={"arch": ARCH, "data": DATA})
 
