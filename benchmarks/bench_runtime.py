@@ -210,7 +210,7 @@ def _measure(setup, data: str, quick: bool, *, label: str, diagnostics: bool) ->
             fractions = ", ".join(f"{f:.0%}" for f in report.exit_fractions)
             agreement = ""
             if cached is not None and y.size == test.y.size:  # the cache's test split is the whole one
-                agree = cache_agreement(cached[0], cached[1], y, report)
+                agree = cache_agreement(cached[0], cached[1].rule, y, report)
                 agreement = f"; exits equal to the cache's exit rule for {agree['exits']:.2%} of samples"
             rows.append(make_row(
                 NAME, f"measured / predicted speed-up, batch {batch_size}" + ("" if compiled else ", eager path") + label,
