@@ -25,7 +25,8 @@ Rows, per model / path / B:
   by it (judged is the uncorrected one).
 - the latency-chosen point's measured speed against the FLOPs-chosen one's (ratio =
   FLOPs-chosen ms / latency-chosen ms). Goal: >= 1, i.e. at least as fast, allowing 3%
-  for timing noise on a shared machine (the notes say when both picks are the same point).
+  for timing noise on a shared machine. When both searches pick practically the same point
+  (predicted ms within 0.5%) the row is not judged: the ratio is then the timing noise.
 
 The test images: the first multiple of 64 up to 1,024 (digits: 320 of 360; Fashion-MNIST:
 1,024 of 5,000), the same at both batch sizes, so every batch of 64 is full as the
@@ -52,6 +53,7 @@ NAME = "latency"
 BATCH_SIZES = (1, 64)
 TOLERANCE = 0.10  # predicted vs measured
 NOISE = 0.03  # latency-chosen may be this much slower and still count as "at least as fast"
+SAME_POINT = 0.005  # picks whose predicted ms differ by less than this are the same point (nothing to judge)
 MAX_SAMPLES = 1_024
 POINT_NAMES = {"latency": "latency-chosen", "flops": "FLOPs-chosen"}
 FULL = dict(batch_sizes=BATCH_SIZES, profile_repeats=15, min_ms=1.0, timing_repeats=9, warmup=1, pop=100, gens=100,
@@ -159,7 +161,6 @@ def _case_rows(case, quick: bool) -> list[dict]:
             measured = _time_points(calls, x, B, flags, size)
             # the machine's speed now against during the profile (shared machine): the original network's ms
             drift = measured["original"] / profile.original_per_sample_ms(B)
-            same = np.allclose(lat_pick.chosen.thresholds, flops_pick.chosen.thresholds)
             where = (f"{source}; {path}, 1 thread, batch {B}, {n} test images, oneDNN "
                      f"{'on' if backend[B]['early_exit'] else 'off'}; median of {size['timing_repeats']} interleaved passes")
             for name, chosen in (("latency", lat_pick.chosen), ("flops", flops_pick.chosen)):
@@ -177,15 +178,18 @@ def _case_rows(case, quick: bool) -> list[dict]:
                            f"measured / (predicted x that) = {ratio / drift:.3f}"),
                 ))
             speed = measured["flops"] / measured["latency"]
+            ms_lat = float(lat_pick.chosen.val.flops)  # cost="latency": expected ms per sample on val
+            ms_flops = float(expected_latency_ms(profile, np.asarray(flops_pick.chosen.val.exit_fractions), batch_size=B))
+            same = abs(ms_lat - ms_flops) <= SAME_POINT * ms_flops
             rows.append(make_row(
                 NAME, f"latency-chosen vs FLOPs-chosen speed, {label}, {path}, batch {B}", measured["latency"],
                 baseline=measured["flops"], ratio=speed, goal=f">= 1 (at least as fast; {NOISE:.0%} noise allowed)",
-                passed=None if quick else bool(speed >= 1.0 - NOISE),
-                notes=(f"{where}; ms per sample, ratio = FLOPs-chosen / latency-chosen; "
-                       + ("both picks are the same thresholds" if same else
-                          f"predicted {float(lat_pick.chosen.val.flops):.4g} vs "
-                          f"{float(expected_latency_ms(profile, np.asarray(flops_pick.chosen.val.exit_fractions), batch_size=B)):.4g} "
-                          f"ms on val; test acc {lat_pick.chosen.test.accuracy:.4f} vs {flops_pick.chosen.test.accuracy:.4f}")),
+                passed=None if quick or same else bool(speed >= 1.0 - NOISE),
+                notes=(f"{where}; ms per sample, ratio = FLOPs-chosen / latency-chosen; predicted {ms_lat:.4g} vs "
+                       f"{ms_flops:.4g} ms on val; test acc {lat_pick.chosen.test.accuracy:.4f} vs "
+                       f"{flops_pick.chosen.test.accuracy:.4f}"
+                       + ("; not judged: both searches picked practically the same point (predicted ms within "
+                          f"{SAME_POINT:.1%}), so the measured ratio is this comparison's timing noise" if same else "")),
             ))
     return rows
 
