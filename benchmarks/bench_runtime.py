@@ -20,6 +20,10 @@ path to exit k (at batch 1 an 8x8 network is bound by per-operator dispatch, not
 arithmetic), the speed-up those per-exit latencies predict, and the runner's own
 per-sample overhead.
 
+The same speed-up rows (metrics ending in ", Fashion-MNIST") for the Fashion-MNIST demo model
+(`benchmarks.fashion`, scan_cnn, 3 exits) with its demo's thresholds, on the first 1,000 of
+its 5,000 test images at batch 1 and all of them at batch 64.
+
 `quick=True` (the smoke test): a seeded random `scan_small`, thresholds at the val
 medians of its confidences, a few samples, one repeat; nothing judged.
 """
@@ -35,6 +39,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from benchmarks import interleaved_medians, make_row, median
+from benchmarks.fashion import DATA as FASHION, fashion_available, fashion_demo, quick_fashion_model, skipped_row
 from tradeoff.data import load_data
 from tradeoff.flops import exit_costs
 from tradeoff.models import create_model
@@ -95,24 +100,50 @@ def _setup(quick: bool, workdir: Path | None):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = create_model("scan_small", num_classes=10).eval()
-        val = load_data("digits", splits=("val",))
-        with torch.inference_mode():
-            logits = np.stack([o.numpy() for o in model(torch.from_numpy(val.x))])
-        table = exit_table(logits, val.y, np.ones(logits.shape[0]))
-        return model, np.median(table.confidence[:-1], axis=1), {}, "random scan_small (quick)", None
+        return _quick_setup(model, "digits", "random scan_small (quick)")
+    loaded, tf, source, cache_path = digits_demo(workdir)
+    return _from_run(loaded, tf, source, cache_path)
+
+
+def _quick_setup(model, data: str, source: str):
+    """A random model's thresholds at the val medians of its confidences (smoke runs)."""
+    val = load_data(data, splits=("val",))
+    with torch.inference_mode():
+        logits = np.stack([o.numpy() for o in model(torch.from_numpy(val.x[:300]))])
+    table = exit_table(logits, val.y[:300], np.ones(logits.shape[0]))
+    return model, np.median(table.confidence[:-1], axis=1), {}, source, None
+
+
+def _from_run(loaded, tf, source: str, cache_path: Path):
+    policy = {"confidence": tf.confidence, "ensemble": tf.ensemble, "temperatures": tf.temperatures}
+    return loaded.model, tf.thresholds, policy, source, (cache_path, tf) if cache_path.is_file() else None
+
+
+def digits_demo(workdir: Path):
+    """(loaded checkpoint, thresholds file, source, cache path) of the digits demo: results/demo, else trained here."""
     from tradeoff.checkpoint import load_checkpoint
     from tradeoff.policy.rule_file import read_rule
 
     if (DEMO_DIR / "model.pt").is_file() and (DEMO_DIR / "thresholds.json").is_file():
         loaded = load_checkpoint(DEMO_DIR / "model.pt")
         tf = read_rule(DEMO_DIR / "thresholds.json", num_exits=len(model_stages(loaded.model)),
-                             checkpoint_sha256=loaded.sha256)
-        source, cache_path = str(DEMO_DIR), DEMO_DIR / "cache.npz"
-    else:
-        loaded, tf = _train_and_search(workdir)
-        source, cache_path = f"trained here ({workdir})", workdir / "cache.npz"
-    policy = {"confidence": tf.confidence, "ensemble": tf.ensemble, "temperatures": tf.temperatures}
-    return loaded.model, tf.thresholds, policy, source, (cache_path, tf) if cache_path.is_file() else None
+                       checkpoint_sha256=loaded.sha256)
+        return loaded, tf, str(DEMO_DIR), DEMO_DIR / "cache.npz"
+    loaded, tf = _train_and_search(workdir)
+    return loaded, tf, f"trained here ({workdir})", workdir / "cache.npz"
+
+
+def _fashion_setup(quick: bool):
+    """The same for the Fashion-MNIST demo model (`benchmarks.fashion`); None without the dataset (quick)."""
+    if quick:
+        return _quick_setup(quick_fashion_model(), FASHION, "random scan_cnn (quick)") if fashion_available() else None
+    from tradeoff.checkpoint import load_checkpoint
+    from tradeoff.policy.rule_file import read_rule
+
+    demo = fashion_demo()
+    loaded = load_checkpoint(demo.model)
+    tf = read_rule(demo.thresholds, num_exits=len(model_stages(loaded.model)), checkpoint_sha256=loaded.sha256)
+    return _from_run(loaded, tf, demo.source, demo.cache)
 
 
 def _train_and_search(workdir: Path):
@@ -147,49 +178,59 @@ def run(quick: bool = False) -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _measure(quick, WORK_DIR)
+        rows = _measure(_setup(quick, WORK_DIR), "digits", quick, label="", diagnostics=True)
+        fashion = _fashion_setup(quick)
+        if fashion is None:
+            return rows + [skipped_row(NAME, "measured / predicted speed-up, batch 1")]
+        return rows + _measure(fashion, FASHION, quick, label=", Fashion-MNIST", diagnostics=False)
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(quick: bool, workdir: Path | None) -> list[dict]:
-    model, thresholds, policy, source, cached = _setup(quick, workdir)
-    test = load_data("digits", splits=("test",))
-    x = torch.from_numpy(test.x[:24] if quick else test.x)
-    y = test.y[: x.shape[0]]
+def _measure(setup, data: str, quick: bool, *, label: str, diagnostics: bool) -> list[dict]:
+    """The speed-up rows (and, with `diagnostics`, the per-exit ones) of one model on its data's test split."""
+    model, thresholds, policy, source, cached = setup
+    test = load_data(data, splits=("test",))
     costs = exit_costs(model, test.input_shape)
-    rows, diagnostics = [], []
-    settings = {1: (1, 0) if quick else (9, 1), 64: (1, 0) if quick else (31, 2)}
-    decisions = None if cached is None else cache_decisions(cached[0], cached[1], y)  # the rule on the cache, once
+    rows, extra = [], []
+    # batch size -> (repeats, warmup, samples): all of digits' 360 test images; at batch 1 the first
+    # 1,000 of Fashion-MNIST's 5,000 (a pass of all of them would take ~10 s per side per repeat)
+    settings = {1: (1, 0, 24) if quick else (9, 1, 1_000), 64: (1, 0, 24) if quick else (31, 2, None)}
+    if data == FASHION and not quick:
+        settings[64] = (9, 1, None)
     for compiled in (True, False):  # the judged (compiled) rows keep the plain metric names
         runner = EarlyExitModel(model, ExitRule(thresholds, **policy), compiled=compiled)
         path = "compiled" if compiled else "eager"
         batch_one = None
-        for batch_size, (repeats, warmup) in settings.items():
+        for batch_size, (repeats, warmup, samples) in settings.items():
+            x = torch.from_numpy(test.x[:samples])
+            y = test.y[: x.shape[0]]
             report = evaluate_runtime(runner, x, y, flops=costs.flops, baseline_flops=costs.baseline_flops,
                                       batch_size=batch_size, repeats=repeats, warmup=warmup)
             judged = batch_size == 1 and compiled and not quick
             fractions = ", ".join(f"{f:.0%}" for f in report.exit_fractions)
             agreement = ""
-            if cached is not None:
-                agree = cache_agreement(decisions, report.exits, report.predictions)
+            if cached is not None and y.size == test.y.size:  # the cache's test split is the whole one
+                agree = cache_agreement(cache_decisions(cached[0], cached[1].rule, y), report.exits, report.predictions)
                 agreement = f"; exits equal to the cache's exit rule for {agree['exits']:.2%} of samples"
             rows.append(make_row(
-                NAME, f"measured / predicted speed-up, batch {batch_size}" + ("" if compiled else ", eager path"),
+                NAME, f"measured / predicted speed-up, batch {batch_size}" + ("" if compiled else ", eager path") + label,
                 report.measured_speedup,
                 baseline=report.predicted_speedup,
                 goal=f">= {GOAL:.0%} of predicted" if batch_size == 1 and compiled else "report",
                 passed=(report.realised_fraction >= GOAL) if judged else None,
-                notes=(f"{source}; {path} path on both sides; test acc {report.accuracy:.3f}; exits {fractions}; "
+                notes=(f"{source}; {path} path on both sides; {y.size} test images, acc {report.accuracy:.3f}; "
+                       f"exits {fractions}; "
                        f"{report.latency.latency_ms:.3f} vs {report.latency.baseline_latency_ms:.3f} ms/sample "
                        f"(early exit vs original net; oneDNN {_on(report.latency.mkldnn)} / "
                        f"{_on(report.latency.baseline_mkldnn)}, the faster for each); 1 thread, median of {repeats}"
                        f"{agreement}"),
             ))
-            batch_one = batch_one or report
-        if compiled:
-            diagnostics = _diagnostics(runner, x[: 24 if quick else 120], costs, batch_one, quick)
-    return rows + diagnostics
+            batch_one = batch_one or (report, x)
+        if compiled and diagnostics:
+            report, x = batch_one
+            extra = _diagnostics(runner, x[: 24 if quick else 120], costs, report, quick)
+    return rows + extra
 
 
 def _diagnostics(runner: EarlyExitModel, x: torch.Tensor, costs, batch_one, quick: bool) -> list[dict]:

@@ -8,6 +8,9 @@
     threshold matrices (random, exact ties with val confidences, quantiles, 0s and 1s).
 (b) The one-shot `score_thresholds` (builds the scorer each call) against the same
     reference, for honesty: it pays the precomputation every time.
+(a) and (b) again on a real cache (issue 10): the val split (5,000 images, 3 exits, 10
+    classes) of the Fashion-MNIST demo's cache (`benchmarks.fashion`); metrics end in
+    ", Fashion-MNIST".
 (c) Non-quick: N = 10^6 samples, K = 8 exits, 10 classes (the large-cache case of issue
     6): `exit_table` time, scorer build time, time per P = 100 call, the scorer's traced peak memory (tracemalloc:
     level bitsets plus per-call temporaries) and the process's peak RSS, goal < 4 GB;
@@ -23,6 +26,7 @@ import tracemalloc
 import numpy as np
 
 from benchmarks import interleaved_medians, make_row, median
+from benchmarks.fashion import fashion_cache, skipped_row
 from tradeoff.policy.scoring import exit_table, make_scorer, score_thresholds, score_thresholds_reference
 from tradeoff.cache.synthetic import synthetic_cache
 
@@ -45,9 +49,15 @@ def _identical(a, b) -> bool:
     return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("accuracy", "flops", "exit_fractions"))
 
 
-def _speed_rows(quick: bool) -> list[dict]:
-    n, classes, P, repeats, inner = (1_000, 10, 20, 3, 3) if quick else (10_000, 100, 100, 31, 20)
-    cache = synthetic_cache(num_samples=n, num_classes=classes, seed=0).select("val")
+def _speed_rows(quick: bool, cache=None, label: str = "") -> list[dict]:
+    """(a), (b) and the identity row on `cache`'s val split (default: the synthetic one);
+    `label` is appended to every metric ("" for the synthetic cache)."""
+    P, repeats, inner = (20, 3, 3) if quick else (100, 31, 20)
+    if cache is None:
+        n, classes = (1_000, 10) if quick else (10_000, 100)
+        cache = synthetic_cache(num_samples=n, num_classes=classes, seed=0)
+    cache = cache.select("val")
+    classes = cache.num_classes
     table = exit_table(cache.logits, cache.labels, cache.flops)
     rng = np.random.default_rng(0)
     matrices = _threshold_matrices(table, P, rng)
@@ -74,18 +84,18 @@ def _speed_rows(quick: bool) -> list[dict]:
     shape = f"N={table.num_samples} val, K={table.num_exits}, C={classes}, P={P}"
     ident = "identical on " + ", ".join(matrices) if identical else "MISMATCH on " + ", ".join(mismatches)
     return [
-        make_row(NAME, "make_scorer call vs reference, us per P-row call", fast * 1e6, baseline=ref * 1e6,
+        make_row(NAME, "make_scorer call vs reference, us per P-row call" + label, fast * 1e6, baseline=ref * 1e6,
                  ratio=speedup, goal=">= 30x faster and bit-identical results",
                  passed=None if quick else bool(speedup >= 30 and identical),
                  notes=f"{shape}; ratio = median over {repeats} interleaved rounds of reference / fast "
                        f"(ratio of medians {ref / fast:.1f}x, of best times {best:.1f}x); {ident}; "
                        f"build {build * 1e3:.1f} ms once per table, block B={scorer.block}, "
                        f"levels {scorer.level_bytes / 2**20:.1f} MiB"),
-        make_row(NAME, "score_thresholds one-shot (build + call) vs reference, us", one_shot * 1e6,
+        make_row(NAME, "score_thresholds one-shot (build + call) vs reference, us" + label, one_shot * 1e6,
                  baseline=ref * 1e6, ratio=ref / one_shot, goal="informational: the search keeps one scorer",
                  notes=f"{shape}; pays the per-table precomputation every call "
                        f"(P * N <= 2**21 cells go through the reference itself)"),
-        make_row(NAME, "bit-identical to reference (threshold matrices with a mismatch)", float(len(mismatches)),
+        make_row(NAME, "bit-identical to reference (threshold matrices with a mismatch)" + label, float(len(mismatches)),
                  goal="0", passed=identical, notes=f"{shape}; {ident}"),
     ]
 
@@ -152,6 +162,12 @@ def _large_rows(n: int, k: int, classes: int, P: int, smaller: int, repeats: int
 def run(quick: bool = False) -> list[dict]:
     """Rows for `make bench`; quick: tiny sizes, timings not judged."""
     rows = _speed_rows(quick)
+    fashion = fashion_cache(quick)
+    if fashion is None:
+        rows.append(skipped_row(NAME, "make_scorer call vs reference"))
+    else:
+        rows += _speed_rows(quick, fashion[0], ", Fashion-MNIST")
+        rows[-3]["notes"] = f"{fashion[1]}; " + rows[-3]["notes"]
     if quick:
         rows += _large_rows(20_000, 8, 10, 20, 2_000, 1)
         for row in rows:  # a smoke run judges nothing (identity is still in the notes)

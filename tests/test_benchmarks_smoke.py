@@ -104,3 +104,40 @@ def test_harness_reports_missed_goals_and_crashes(tmp_path, monkeypatch, capsys)
 def test_package_docstring_states_the_row_format():
     for key in ROW_KEYS:
         assert f'"{key}"' in benchmarks.__doc__
+
+
+def _demo_dir(path, arch):
+    from dataclasses import replace
+
+    from tradeoff.cache.format import write_cache
+    from tradeoff.cache.synthetic import synthetic_cache
+
+    path.mkdir(parents=True)
+    cache = synthetic_cache(200, 10, (0.6, 0.8, 0.9), seed=0)
+    write_cache(path / "cache.npz", replace(cache, meta={**cache.meta, "arch": arch, "data": "fashion-mnist"}))
+    (path / "model.pt").write_bytes(b"")
+    (path / "thresholds.json").write_text("{}")
+
+
+def test_fashion_demo_is_reused_not_rerun(tmp_path, monkeypatch):
+    from benchmarks import fashion
+
+    monkeypatch.setattr(fashion, "FASHION_DIR", tmp_path / "fashion")
+    monkeypatch.setattr(fashion, "WORK_DIR", tmp_path / "bench")
+    runs = []
+    monkeypatch.setattr(fashion, "_run_demo", lambda out, log: runs.append(out) or {"wall_seconds": 1.0})
+
+    _demo_dir(tmp_path / "fashion", "scan_small")  # not a fashion demo: the bench runs its own
+    demo = fashion.fashion_demo()
+    assert runs == [tmp_path / "bench"] and demo.dir == tmp_path / "bench" and demo.record == {"wall_seconds": 1.0}
+
+    runs.clear()
+    _demo_dir(tmp_path / "made-by-demo", "scan_cnn")
+    monkeypatch.setattr(fashion, "FASHION_DIR", tmp_path / "made-by-demo")
+    demo = fashion.fashion_demo()  # a real fashion demo made elsewhere: reused, its timings unknown
+    assert runs == [] and demo.dir == tmp_path / "made-by-demo" and demo.record is None
+
+    _demo_dir(tmp_path / "bench", "scan_cnn")
+    (tmp_path / "bench" / fashion.RECORD_FILE).write_text(json.dumps({"wall_seconds": 250.0}))
+    demo = fashion.fashion_demo()  # the bench's own run, with its record, comes first
+    assert runs == [] and demo.dir == tmp_path / "bench" and demo.record == {"wall_seconds": 250.0}

@@ -94,3 +94,28 @@ def test_profile_search_run_end_to_end(tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "r.json")]) == 0
     run = json.loads((tmp_path / "r.json").read_text())
     assert run["predicted_latency_ms"] > 0 and run["latency_ms"] > 0
+
+
+def test_batch_one_decision_is_timed_on_the_fast_path():
+    """The profile's batch-1 decision threshold lies away from the sample's own confidence, so
+    the timed decision is the Python-float fast path a real batch-1 run takes, not the exact
+    fallback that a confidence within QUICK_MARGIN of its threshold needs (which made batch-1
+    predictions too high)."""
+    import torch
+
+    from tradeoff.models import create_model
+    from tradeoff.policy.confidence import exit_outputs
+    from tradeoff.policy.rule import ExitRule
+    from tradeoff.runtime.early_exit import QUICK_MARGIN, EarlyExitModel
+    from tradeoff.runtime.profile import _items
+
+    torch.manual_seed(0)
+    model = create_model("scan_small", num_classes=10).eval()
+    runner = EarlyExitModel(model, ExitRule([0.5, 0.5]))
+    xb = torch.randn(1, 1, 8, 8)
+    with torch.inference_mode():  # as profile_batch calls it
+        _, thresholds = _items(runner, xb)
+        logits = np.stack([o.numpy() for o in model(xb)])
+    conf, _ = exit_outputs(logits)
+    for k, t in enumerate(thresholds):
+        assert abs(t - conf[k, 0]) >= 0.5 - 1e-12 > QUICK_MARGIN
