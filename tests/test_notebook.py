@@ -21,20 +21,24 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "explore_pareto.ipynb"
 
 
-@pytest.fixture()
-def small_run(tmp_path):
+def _run(tmp_path, **options):
     """A real run directory (search + report + plots) over a small synthetic 3-exit cache."""
     cache_path = tmp_path / "cache.npz"
     write_cache(cache_path, synthetic_cache(num_samples=600, num_classes=10, exit_accuracies=(0.7, 0.85, 0.9), seed=3))
     from tradeoff.cache.format import load_cache
 
     result = run_search(load_cache(cache_path), pick=Pick("target_acc", 0.85), pop=12, gens=5, seed=0,
-                        cache_path=cache_path)
+                        cache_path=cache_path, **options)
     run = tmp_path / "run"
     rundir.write_run(run, result, extra=[
         lambda d: plots.save_plots(plots.pareto_plot_data(result), plots.exits_plot_data(result), d)
     ])
     return run
+
+
+@pytest.fixture()
+def small_run(tmp_path):
+    return _run(tmp_path)
 
 
 def test_notebook_executes_and_draws(small_run, monkeypatch):
@@ -102,3 +106,19 @@ def test_notebook_without_a_run_says_make_demo_and_never_trains(tmp_path, monkey
         _execute_first_cells(root, monkeypatch, cells=2)
     assert not (root / "notebooks" / "results").exists()  # nothing built beside the notebook
     assert list((root / "results").iterdir()) == []
+
+
+def test_notebook_runs_on_a_per_class_run_with_the_ensemble_fallback(tmp_path, monkeypatch):
+    """K thresholds (the last exit's too) and per-class tables: the first cells print and draw them."""
+    run = _run(tmp_path, per_class=True, fallback="ensemble")
+    monkeypatch.setenv("TRADEOFF_RUN", str(run))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = nb.cells[:6]  # the run, the fronts, each exit's confidence with its threshold
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+    text = "".join(out.get("text", "") for out in outputs)
+    assert "chosen thresholds: ['per class [" in text and "(fallback: ensemble)" in text
+    assert "skipping the histograms" not in text
+    assert sum("image/png" in out.get("data", {}) for out in outputs) >= 3  # fronts, exits, histograms

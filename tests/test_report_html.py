@@ -357,3 +357,139 @@ def test_page_in_headless_chromium(run_dir, tmp_path):
     png = base64.b64decode(shot)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     write_bytes_atomic(REPO / "results" / "report-test" / "screenshot.png", png)
+
+
+# --------------------------------------------------------------------------- other exit rules, end to end
+RULES = {
+    "ensemble": ["--fallback", "ensemble"],
+    "most-confident": ["--fallback", "most-confident"],
+    "per-class": ["--per-class"],
+    "patience": ["--confidence", "patience"],
+    "delta": ["--delta", "0.1"],
+}
+
+
+@pytest.fixture(scope="module")
+def rule_runs(tmp_path_factory):
+    """`tradeoff search` through the CLI under each exit rule, on one small synthetic cache."""
+    base = tmp_path_factory.mktemp("report_rules")
+    cache_path = base / "cache.npz"
+    write_cache(cache_path, synthetic_cache(num_samples=800, num_classes=5, exit_accuracies=(0.7, 0.85, 0.9), seed=5))
+    codes = {}
+    for name, options in RULES.items():
+        codes[name] = main(["search", "--cache", str(cache_path), "--target-acc", "0.8", "--pop", "12", "--gens", "4",
+                            "--no-progress", "--out", str(base / name), *options])
+    return base, cache_path, codes
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_search_under_every_rule_writes_a_report_that_rescores_its_fronts(rule_runs, name, capsys):
+    from tradeoff.policy import rule_file
+    from tradeoff.policy.scoring import score_thresholds
+    from tradeoff.policy.table import exit_table
+    from tradeoff.search.guarantee import split_val
+
+    base, cache_path, codes = rule_runs
+    run = base / name
+    assert codes[name] == 0 and (run / "report.html").is_file()
+    rule = rule_file.read_rule(run / "thresholds.json").rule
+    K, M = 3, 3 if name in ("ensemble", "most-confident") else 2
+    data = report_html.gather_report(run)
+    assert data.num_exits == K and data.num_thresholds == M == rule.num_exits - (rule.fallback == "deepest")
+    assert data.fallback == rule.fallback and data.confidence is not None
+    assert len(data.chosen.thresholds) == M and data.chosen.per_class == (name == "per-class")
+    summary = json.loads((run / "summary.json").read_text())
+    assert {f.method for f in data.fronts} == {f["method"] for f in summary["fronts"]}
+    if name == "per-class":
+        assert "nsga-per-class" in {f.method for f in data.fronts}
+    # each front re-scored independently with its saved thresholds, exactly as written (per class: the tables)
+    cache = load_cache(cache_path)
+    tables = {s: exit_table(cache.select(s).logits, cache.select(s).labels, cache.flops, confidence=rule.confidence,
+                            fallback=rule.fallback, keep_predictions=True) for s in ("val", "test")}
+    if name == "delta":
+        tables["val"] = tables["val"].columns(split_val(tables["val"].num_samples,
+                                                        seed=int(data_split_seed(run))).search)
+    for doc in summary["fronts"]:
+        front = next(f for f in data.fronts if f.method == doc["method"])
+        t = np.array([[[2.0 if x is None else x for x in v] if isinstance(v, list) else 2.0 if v is None else v
+                       for v in row] for row in doc["thresholds"]], dtype=np.float64)
+        assert front.thresholds.shape == (len(doc["thresholds"]), M)
+        assert front.per_class == (t.ndim == 3) == (doc["method"] == "nsga-per-class")
+        if front.per_class:
+            np.testing.assert_array_equal(front.class_thresholds, t)
+            np.testing.assert_allclose(front.thresholds, np.median(t, axis=2))  # the synthetic tables have no off class
+        val, test = score_thresholds(tables["val"], t), score_thresholds(tables["test"], t)
+        np.testing.assert_allclose(val.accuracy, doc["val_accuracy"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(test.accuracy, doc["test_accuracy"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(front.val_fractions, val.exit_fractions, atol=1e-12)
+        np.testing.assert_allclose(front.test_fractions, test.exit_fractions, atol=1e-12)
+    # the figures carry M thresholds, the last exit's line under a thresholding fallback, and say who answers the rest
+    fig = report_figures.pareto_figure(data)
+    cols = report_figures.customdata_columns(K, M)
+    assert np.asarray(fig.data[0].customdata).shape[1] == cols["width"]
+    hover = fig.data[0].hovertemplate
+    assert f"exit{M} ≥ %{{customdata[{M - 1}]" in hover and f"customdata[{M}]:" not in hover.split("<br>")[1]
+    conf = report_figures.confidence_figure(data, data.chosen)
+    assert len(conf.layout.shapes) == M
+    last = conf.layout.annotations[conf.layout.meta["threshold_annotations"] + K - 1].text
+    rest = {"ensemble": "the rest: ensemble of all exits", "most-confident": "the rest: most confident exit"}
+    assert rest.get(name, "answers the rest") in last
+    if name == "per-class":
+        chosen = next(i for i, f in enumerate(fig.data) if f.name.startswith("chosen point") and "(val)" in f.name)
+        assert "thresholds (median of per-class)" in fig.data[chosen].hovertemplate
+    page = (run / "report.html").read_text()
+    assert f'"M": {M}' in page
+    # the static pictures redraw from the run's files
+    capsys.readouterr()
+    for png in ("pareto.png", "exits.png"):
+        (run / png).unlink()
+    assert main(["plot", str(run)]) == 0
+    assert all((run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for png in ("pareto.png", "exits.png"))
+
+
+def data_split_seed(run: Path) -> int:
+    return json.loads((run / "thresholds.json").read_text())["guarantee"]["split"]["seed"]
+
+
+@pytest.mark.parametrize("name", ["ensemble", "per-class"])
+def test_exits_picture_labels_the_fallback_and_per_class_medians(rule_runs, name):
+    from tradeoff.report import exits_plot, plots
+
+    run = rule_runs[0] / name
+    data = plots.exits_plot_data(run)
+    labels = [exits_plot._rule_text(data, k) for k in range(3)]
+    if name == "ensemble":
+        assert data.fallback == "ensemble" and len(data.thresholds) == 3
+        assert labels[2].startswith("conf >= ") and labels[2].endswith("+ the rest: ensemble of all exits")
+    else:
+        med = np.median(data.thresholds[0])
+        assert labels[0] == f"conf >= {med:.3f}\n(median of per-class)" and labels[2] == "the rest"
+
+
+@needs_chromium
+def test_fallback_page_moves_the_last_exit_line_in_headless_chromium(rule_runs, tmp_path):
+    run = rule_runs[0] / "ensemble"
+    data = report_html.gather_report(run)
+    front = data.fronts[0]
+    i = front.size // 2
+    cd = report_figures._customdata(data, front.thresholds[[i]], front.val_accuracy[[i]], front.test_accuracy[[i]],
+                                    front.val_flops[[i]], front.test_flops[[i]], front.val_fractions[[i]],
+                                    front.test_fractions[[i]])[0]
+    browser = Browser(tmp_path)
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=(run / "report.html").as_uri())
+        browser.wait_event("Page.loadEventFired")
+        # a click on a front point, as plotly reports it to the page's script
+        browser.js("(() => { document.getElementById('tradeoff-pareto').emit('plotly_click', {points: [{customdata: "
+                   f"{json.dumps([float(v) for v in cd])}, data: {{name: 'NSGA-II (val)'}}}}]}}); return 1; }})()")
+        time.sleep(0.3)
+        shapes = browser.js("document.getElementById('tradeoff-confidence').layout.shapes.map(s => s.x0)")
+        assert shapes == pytest.approx(list(front.thresholds[i]), abs=1e-6)  # three lines: the last exit's too
+        panel = browser.js("document.getElementById('tradeoff-point').textContent")
+        assert f"exit3 ≥ {front.thresholds[i][2]:.4f}" in panel and "the rest: ensemble of all exits" in panel, panel
+        a0 = browser.js("document.getElementById('tradeoff-confidence').layout.meta.threshold_annotations")
+        last = browser.js(f"document.getElementById('tradeoff-confidence').layout.annotations[{a0 + 2}].text")
+        assert last.startswith(f"≥ {front.thresholds[i][2]:.3f}") and "ensemble of all exits" in last, last
+    finally:
+        browser.close()

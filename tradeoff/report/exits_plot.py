@@ -10,6 +10,22 @@ import numpy as np
 
 from tradeoff.report.figure import new_figure
 from tradeoff.report.plot_data import ExitsPlotData
+from tradeoff.report.style import FALLBACK_TEXT, PER_CLASS_TEXT
+
+
+def _rule_text(data: ExitsPlotData, k: int) -> str:
+    """Exit k's rule under its bars: its threshold (per class: the median of the classes it
+    lets leave), and on the last exit who answers the samples no exit accepted."""
+    if k >= len(data.thresholds):  # the deepest exit under fallback "deepest"
+        return "the rest"
+    t = data.thresholds[k]
+    if isinstance(t, tuple):
+        on = [v for v in t if v is not None]
+        rule = f"conf >= {np.median(on):.3f}\n({PER_CLASS_TEXT})" if on else "off"
+    else:
+        rule = "off" if t is None else f"conf >= {t:.3f}"
+    return rule + (f"\n+ {FALLBACK_TEXT[data.fallback]}" if k == len(data.exit_names) - 1 else "")
+
 
 def plot_exits(data: ExitsPlotData, *, figsize: tuple[float, float] = (8.0, 4.8)):
     """Where samples leave at the chosen point: one pair of bars (val, test) per exit.
@@ -27,12 +43,8 @@ def plot_exits(data: ExitsPlotData, *, figsize: tuple[float, float] = (8.0, 4.8)
                        edgecolor="#1f77b4", linewidth=0.8)
     for bars in (bars_val, bars_test):
         ax.bar_label(bars, fmt="%.1f%%", fontsize=8, padding=2)
-    labels = []
-    for k, (name, mflops) in enumerate(zip(data.exit_names, data.exit_mflops)):
-        t = data.thresholds[k] if k < len(data.thresholds) else "rest"
-        rule = ("the rest" if t == "rest" else "off" if t is None else "conf >= per class" if isinstance(t, tuple)
-                else f"conf >= {t:.3f}")
-        labels.append(f"{name}\n{mflops:.4g} {data.cost_label}\n{rule}")
+    labels = [f"{name}\n{mflops:.4g} {data.cost_label}\n{_rule_text(data, k)}"
+              for k, (name, mflops) in enumerate(zip(data.exit_names, data.exit_mflops))]
     ax.set_xticks(x, labels, fontsize=8.5)
     ax.set_ylabel("samples leaving here (%)")
     top = max(list(data.val_fractions) + list(data.test_fractions) + [0.0]) * 100

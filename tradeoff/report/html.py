@@ -24,6 +24,7 @@ import numpy as np
 
 from tradeoff import __version__
 from tradeoff.policy import rule_file
+from tradeoff.policy.rule import OFF_THRESHOLD
 from tradeoff.report import documents as report
 from tradeoff.report import rundir
 from tradeoff.fileio import sha256_file, write_text_atomic
@@ -41,8 +42,11 @@ class FrontData:
     """One method's front, every point (never thinned here), sorted by val cost.
 
     Attributes:
-        method: "nsga", "global", "msdnet", "random" or "grid".
-        thresholds: (F, K-1) per-exit thresholds (NaN = exit switched off).
+        method: "nsga", "nsga-per-class", "global", "msdnet", "random" or "grid".
+        thresholds: (F, M) per-exit thresholds (NaN = exit switched off), M = K-1 under
+            fallback "deepest", K otherwise (the last exit is thresholded too); for a
+            per-class front each exit's median over the classes it lets leave (shown as
+            "median of per-class"; NaN when every class is off).
         val_accuracy, val_flops, test_accuracy, test_flops: (F,) each; flops are
             fvcore counts per sample.
         val_fractions, test_fractions: (F, K) share of samples leaving at each exit, or
@@ -57,6 +61,13 @@ class FrontData:
     test_flops: np.ndarray
     val_fractions: np.ndarray | None
     test_fractions: np.ndarray | None
+    class_thresholds: np.ndarray | None = None
+
+    @property
+    def per_class(self) -> bool:
+        """Whether the front holds per-class tables: `class_thresholds` (F, M, C), exactly as
+        searched (`OFF_THRESHOLD` = off), is what its points are scored with."""
+        return self.class_thresholds is not None
 
     @property
     def size(self) -> int:
@@ -69,7 +80,7 @@ class PointData:
 
     Attributes:
         label: what the point is ("chosen (NSGA-II)", "certified (delta = 0.1)", ...).
-        thresholds: (K-1,) per exit (NaN = off).
+        thresholds: (M,) per thresholded exit (NaN = off); per class, each exit's median.
         val_accuracy, val_flops, test_accuracy, test_flops: figures on each split.
         val_fractions, test_fractions: (K,) or None.
         test_ci95: 95% interval of the test accuracy, or None.
@@ -84,6 +95,7 @@ class PointData:
     val_fractions: tuple[float, ...] | None
     test_fractions: tuple[float, ...] | None
     test_ci95: tuple[float, float] | None = None
+    per_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,8 @@ class ReportData:
         pick: the pick as recorded (`Pick.as_dict()`).
         confidence: the histograms, or None without the cache.
         notes: lines the page shows (e.g. why histograms are missing).
+        fallback: who answers a sample no exit accepted ("deepest", "ensemble",
+            "most-confident"; `ExitRule.fallback`), from thresholds.json.
     """
 
     run_dir: Path
@@ -141,10 +155,16 @@ class ReportData:
     pick: dict
     confidence: ConfidenceHistograms | None
     notes: tuple[str, ...]
+    fallback: str = "deepest"
 
     @property
     def num_exits(self) -> int:
         return len(self.exit_names)
+
+    @property
+    def num_thresholds(self) -> int:
+        """M: K-1 under fallback "deepest" (the deepest exit always answers), K otherwise."""
+        return self.num_exits - (self.fallback == "deepest")
 
     def point(self, method: str, index: int) -> PointData:
         """Row `index` of `method`'s front as a PointData (for the figures' panel)."""
@@ -159,7 +179,8 @@ class ReportData:
 
         return PointData(f"{method} #{index}", row(front.thresholds), float(front.val_accuracy[index]),
                          float(front.val_flops[index]), float(front.test_accuracy[index]),
-                         float(front.test_flops[index]), row(front.val_fractions), row(front.test_fractions))
+                         float(front.test_flops[index]), row(front.val_fractions), row(front.test_fractions),
+                         per_class=front.per_class)
 
 
 # --------------------------------------------------------------------------- gathering
@@ -186,11 +207,13 @@ def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike |
     _check_format(run_dir / rundir.THRESHOLDS_FILE, thresholds_doc, rule_file.FORMAT, rule_file.VERSION)
     _check_format(run_dir / rundir.SUMMARY_FILE, summary, SUMMARY_FORMAT, SUMMARY_VERSION)
     csv = rundir.parse_pareto_csv(csv_text, source=str(run_dir / rundir.PARETO_FILE))
+    with _naming(run_dir / rundir.THRESHOLDS_FILE):
+        fallback = str(thresholds_doc.get("fallback", "deepest"))
     with _naming(run_dir / rundir.SUMMARY_FILE):
         cache_doc = summary["cache"]
         names = tuple(str(n) for n in cache_doc["exit_names"])
-        K = len(names)
-        fronts = [_front_from_summary(doc, K) for doc in summary["fronts"]]
+        M = len(names) - (fallback == "deepest")
+        fronts = [_front_from_summary(doc, M) for doc in summary["fronts"]]
         exits = tuple(ExitAloneData(str(e["name"]), float(e["flops"]), float(e["val_accuracy"]),
                                     float(e["test_accuracy"])) for e in summary["exits"])
         method = str(summary["chosen"]["method"])
@@ -203,7 +226,7 @@ def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike |
         exit_ms = None if exit_ms is None else tuple(float(v) for v in exit_ms)
     fronts.sort(key=lambda f: f.method != method)  # the picked-on front first
     with _naming(run_dir / rundir.THRESHOLDS_FILE):
-        chosen = _point_from_doc(thresholds_doc, f"chosen point ({METHOD_LABELS.get(method, method)})", K)
+        chosen = _point_from_doc(thresholds_doc, f"chosen point ({METHOD_LABELS.get(method, method)})", M)
         # With --delta the chosen point is the Learn-then-Test pick: thresholds.json carries its
         # "guarantee" block (search.guarantee.certification_document).
         guarantee = thresholds_doc.get("guarantee")
@@ -211,7 +234,7 @@ def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike |
         if guarantee:
             bound = (f"accuracy >= {guarantee['accuracy_lower_bound']:.4f}" if "drop_upper_bound_points" not in guarantee
                      else f"drop <= {guarantee['drop_upper_bound_points']:.3f} points")
-            certified = _point_from_doc(thresholds_doc, f"certified (delta = {guarantee['delta']:g}; {bound})", K)
+            certified = _point_from_doc(thresholds_doc, f"certified (delta = {guarantee['delta']:g}; {bound})", M)
     fronts = _attach_csv_fractions(fronts, csv, names, run_dir)
     notes: list[str] = []
     confidence = None
@@ -222,7 +245,7 @@ def gather_report(run_dir: str | os.PathLike, *, cache_path: str | os.PathLike |
         notes.append("costs are fvcore FLOPs; no latency profile was used, so no milliseconds are shown")
     return ReportData(run_dir, title, names, tuple(float(f) for f in cache_doc["flops"]),
                       float(cache_doc["baseline_flops"]), exit_ms, tuple(fronts), exits, chosen, certified, pick,
-                      confidence, tuple(notes))
+                      confidence, tuple(notes), fallback)
 
 
 def _check_format(path: Path, doc: dict, fmt: str, version: int) -> None:
@@ -245,24 +268,39 @@ def _naming(path: Path):
                          f"rerun `tradeoff search --out {path.parent}`") from None
 
 
-def _thresholds_row(values, K: int) -> tuple[float, ...]:
-    """Per-exit thresholds; None (switched off) becomes NaN; a per-class list its median."""
-    row = tuple(float("nan") if v is None else float(np.median(v)) if isinstance(v, list) else float(v) for v in values)
-    if len(row) != K - 1:
-        raise ValueError(f"thresholds must hold K-1 = {K - 1} values, one per exit but the deepest; got {len(row)}")
-    return row
+def _thresholds_row(values, M: int) -> tuple[tuple[float, ...], np.ndarray | None]:
+    """One point's thresholds as written (null = off; per class a list of C per exit) ->
+    ((M,) for people: NaN = off, per class each exit's median over the classes that are on;
+    (M, C) exact per-class table for the scorer, `OFF_THRESHOLD` = off, or None per exit)."""
+    values = list(values)
+    if len(values) != M:
+        raise ValueError(f"thresholds must hold M = {M} values, one per thresholded exit (K-1 under fallback "
+                         f"'deepest', K under 'ensemble' and 'most-confident'); got {len(values)}")
+    if not any(isinstance(v, list) for v in values):
+        return tuple(float("nan") if v is None else float(v) for v in values), None
+    C = max(len(v) for v in values if isinstance(v, list))
+    table = np.array([[OFF_THRESHOLD] * C if v is None else [OFF_THRESHOLD if x is None else float(x) for x in v]
+                      for v in values], dtype=np.float64)  # a ragged row raises ValueError: named by _naming
+    on = [row[row < OFF_THRESHOLD] for row in table]
+    return tuple(float(np.median(r)) if r.size else float("nan") for r in on), table
 
 
-def _front_from_summary(doc: dict, K: int) -> FrontData:
+def _front_from_summary(doc: dict, M: int) -> FrontData:
     arrays = {key: np.asarray(doc[key], dtype=np.float64) for key in ("val_accuracy", "val_flops", "test_accuracy", "test_flops")}
-    thresholds = np.array([_thresholds_row(row, K) for row in doc["thresholds"]], dtype=np.float64).reshape(-1, K - 1)
+    rows = [_thresholds_row(row, M) for row in doc["thresholds"]]
+    thresholds = np.array([r[0] for r in rows], dtype=np.float64).reshape(-1, M)
+    tables = [r[1] for r in rows]
+    if any(t is None for t in tables) != all(t is None for t in tables):
+        raise ValueError(f"the {doc['method']} front mixes per-class and per-exit threshold rows")
+    class_thresholds = None if not tables or tables[0] is None else np.stack(tables)
     sizes = {a.shape[0] for a in arrays.values()} | {thresholds.shape[0]}
     if len(sizes) != 1:
         raise ValueError(f"the {doc['method']} front's columns have different lengths {sorted(sizes)}")
-    return FrontData(str(doc["method"]), thresholds, **arrays, val_fractions=None, test_fractions=None)
+    return FrontData(str(doc["method"]), thresholds, **arrays, val_fractions=None, test_fractions=None,
+                     class_thresholds=class_thresholds)
 
 
-def _point_from_doc(doc: dict, label: str, K: int) -> PointData:
+def _point_from_doc(doc: dict, label: str, M: int) -> PointData:
     val, test = doc["val"], doc["test"]
 
     def fractions(split):
@@ -270,9 +308,10 @@ def _point_from_doc(doc: dict, label: str, K: int) -> PointData:
         return None if f is None else tuple(float(v) for v in f)
 
     ci = test.get("accuracy_ci95")
-    return PointData(label, _thresholds_row(doc["thresholds"], K), float(val["accuracy"]), float(val["flops"]),
+    thresholds, table = _thresholds_row(doc["thresholds"], M)
+    return PointData(label, thresholds, float(val["accuracy"]), float(val["flops"]),
                      float(test["accuracy"]), float(test["flops"]), fractions(val), fractions(test),
-                     None if ci is None else (float(ci[0]), float(ci[1])))
+                     None if ci is None else (float(ci[0]), float(ci[1])), per_class=table is not None)
 
 
 def _attach_csv_fractions(fronts: list[FrontData], csv: dict, names: tuple[str, ...], run_dir: Path) -> list[FrontData]:
@@ -318,15 +357,18 @@ def _find_cache(doc: dict, run_dir: Path, given, notes: list[str]):
 def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
     """Every front point's exit shares on val and test, and the val confidence histograms."""
     from tradeoff.policy.scoring import score_thresholds
-    from tradeoff.policy.table import rule_table
+    from tradeoff.policy.table import exit_table
 
-    # The run's own rule (confidence, ensemble, temperatures, fallback; per-class tables keep
-    # each exit's predictions), read the one way thresholds.json is read.
+    # The run's own rule (confidence, ensemble, temperatures, fallback), read the one way
+    # thresholds.json is read; each exit's predictions are kept when a front is per class.
     rule = rule_file.read_rule(run_dir / rundir.THRESHOLDS_FILE).rule
+    temperatures = None if rule.temperatures is None else rule.temperature_array()
+    keep = rule.per_class or any(f.per_class for f in fronts)
     tables = {}
     for split in ("val", "test"):
         part = cache.select(split)
-        tables[split] = rule_table(part.logits, part.labels, part.flops, rule)
+        tables[split] = exit_table(part.logits, part.labels, part.flops, confidence=rule.confidence, ensemble=rule.ensemble,
+                                   temperatures=temperatures, fallback=rule.fallback, keep_predictions=keep)
     split_doc = (doc.get("guarantee") or {}).get("split")
     if split_doc:  # with --delta the fronts were searched (and their "val" figures taken) on the search part only
         from tradeoff.search.guarantee import split_val
@@ -334,7 +376,8 @@ def _from_cache(cache, doc: dict, fronts: list[FrontData], run_dir: Path):
         tables["val"] = tables["val"].columns(split_val(tables["val"].num_samples, seed=int(split_doc["seed"])).search)
     out = []
     for front in fronts:
-        t = np.where(np.isnan(front.thresholds), 2.0, front.thresholds)  # off: confidences are <= 1, nobody leaves
+        # per class: the exact (F, M, C) tables; per exit: off is OFF_THRESHOLD (confidences are <= 1, nobody leaves)
+        t = front.class_thresholds if front.per_class else np.where(np.isnan(front.thresholds), OFF_THRESHOLD, front.thresholds)
         val, test = score_thresholds(tables["val"], t), score_thresholds(tables["test"], t)
         if not np.allclose(val.accuracy, front.val_accuracy, rtol=0, atol=1e-9):
             raise ValueError(f"the cache of {run_dir} does not reproduce its {front.method} front's val accuracy; "

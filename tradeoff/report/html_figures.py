@@ -21,7 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tradeoff.report.style import CHOSEN_COLOR, METHOD_COLORS, METHOD_LABELS
+from tradeoff.report.style import CHOSEN_COLOR, FALLBACK_TEXT, METHOD_COLORS, METHOD_LABELS, PER_CLASS_TEXT
 
 MAX_POINTS = 1500
 SLIDER_STEPS = 101
@@ -59,35 +59,44 @@ def cheapest_meeting(accuracy: np.ndarray, flops: np.ndarray, target: float) -> 
     return int(ok[order[0]])
 
 
-def customdata_columns(num_exits: int) -> dict[str, int]:
-    """Where each field starts in a point's customdata row (thresholds: K-1, fractions: K)."""
+def customdata_columns(num_exits: int, num_thresholds: int | None = None) -> dict[str, int]:
+    """Where each field starts in a point's customdata row.
+
+    Args:
+        num_exits: K (the fractions take K columns each).
+        num_thresholds: M, the thresholded exits (default K-1, fallback "deepest"; K under
+            "ensemble" and "most-confident"); the thresholds take M columns, then
+            `per_class` is 1 where they are the medians of a per-class table.
+    """
     K = num_exits
-    names = ["val_acc", "test_acc", "val_mflops", "test_mflops", "val_speedup", "test_speedup", "val_ms", "test_ms"]
-    cols = {"thresholds": 0, **{name: K - 1 + i for i, name in enumerate(names)}}
-    cols["val_fractions"] = K - 1 + len(names)
+    M = K - 1 if num_thresholds is None else num_thresholds
+    names = ["per_class", "val_acc", "test_acc", "val_mflops", "test_mflops", "val_speedup", "test_speedup", "val_ms", "test_ms"]
+    cols = {"thresholds": 0, **{name: M + i for i, name in enumerate(names)}}
+    cols["val_fractions"] = M + len(names)
     cols["test_fractions"] = cols["val_fractions"] + K
     cols["width"] = cols["test_fractions"] + K
     return cols
 
 
-def _customdata(data, thresholds, va, ta, vf, tf, vfrac, tfrac) -> np.ndarray:
-    K, n = data.num_exits, len(va)
+def _customdata(data, thresholds, va, ta, vf, tf, vfrac, tfrac, per_class: bool = False) -> np.ndarray:
+    K, M, n = data.num_exits, data.num_thresholds, len(va)
     nan = np.full((n, K), np.nan)
     vfrac = nan if vfrac is None else np.asarray(vfrac, dtype=np.float64).reshape(n, K)
     tfrac = nan if tfrac is None else np.asarray(tfrac, dtype=np.float64).reshape(n, K)
     ms = np.asarray(data.exit_ms, dtype=np.float64) if data.exit_ms else np.full(K, np.nan)
     vf, tf = np.asarray(vf, dtype=np.float64), np.asarray(tf, dtype=np.float64)
-    cols = [np.asarray(thresholds, dtype=np.float64).reshape(n, K - 1), np.column_stack([
-        va, ta, vf / 1e6, tf / 1e6, data.baseline_flops / vf, data.baseline_flops / tf, vfrac @ ms, tfrac @ ms])]
+    cols = [np.asarray(thresholds, dtype=np.float64).reshape(n, M), np.column_stack([
+        np.full(n, float(per_class)), va, ta, vf / 1e6, tf / 1e6, data.baseline_flops / vf, data.baseline_flops / tf, vfrac @ ms, tfrac @ ms])]
     return np.hstack(cols + [vfrac, tfrac]).astype(np.float32)
 
 
-def _hovertemplate(data, heading: str, *, fractions: bool) -> str:
-    c, names = customdata_columns(data.num_exits), data.exit_names
-    thresholds = ", ".join(f"{names[k]} ≥ %{{customdata[{k}]:.4f}}" for k in range(data.num_exits - 1))
+def _hovertemplate(data, heading: str, *, fractions: bool, per_class: bool = False) -> str:
+    c, names = customdata_columns(data.num_exits, data.num_thresholds), data.exit_names
+    thresholds = ", ".join(f"{names[k]} ≥ %{{customdata[{k}]:.4f}}" for k in range(data.num_thresholds))
+    rest = "" if data.fallback == "deepest" else f"; {FALLBACK_TEXT[data.fallback]}"
     lines = [
         f"<b>{heading}</b>",
-        f"thresholds: {thresholds}",
+        f"thresholds{f' ({PER_CLASS_TEXT})' if per_class else ''}: {thresholds}{rest}",
         f"accuracy: val %{{customdata[{c['val_acc']}]:.4f}} · test %{{customdata[{c['test_acc']}]:.4f}}",
         f"cost: %{{customdata[{c['val_mflops']}]:.4g}} MFLOPs val · %{{customdata[{c['test_mflops']}]:.4g}} test",
         f"speed-up: %{{customdata[{c['val_speedup']}]:.2f}}× val · %{{customdata[{c['test_speedup']}]:.2f}}× test",
@@ -109,7 +118,7 @@ def _label(method: str) -> str:
 def _point_customdata(data, p) -> np.ndarray:
     return _customdata(data, [p.thresholds], [p.val_accuracy], [p.test_accuracy], [p.val_flops], [p.test_flops],
                        None if p.val_fractions is None else [p.val_fractions],
-                       None if p.test_fractions is None else [p.test_fractions])
+                       None if p.test_fractions is None else [p.test_fractions], p.per_class)
 
 
 # --------------------------------------------------------------------------- the front
@@ -152,19 +161,21 @@ def pareto_figure(data, *, max_points: int = MAX_POINTS, target: float | None = 
         frac = front.val_fractions is not None
         cd = _customdata(data, front.thresholds[keep], front.val_accuracy[keep], front.test_accuracy[keep], front.val_flops[keep],
                          front.test_flops[keep], None if not frac else front.val_fractions[keep],
-                         None if front.test_fractions is None else front.test_fractions[keep])
+                         None if front.test_fractions is None else front.test_fractions[keep], front.per_class)
         color = METHOD_COLORS.get(front.method, "#7f7f7f")
         shown = f" ({len(keep)} of {front.size} drawn)" if len(keep) < front.size else ""
         fig.add_scatter(x=front.val_flops[keep] / 1e6, y=front.val_accuracy[keep], mode="lines+markers",
                         name=f"{_label(front.method)} (val){shown}", legendgroup=front.method, customdata=cd,
                         line=dict(color=color, width=2.2 if i == 0 else 1.2), marker=dict(size=6 if i == 0 else 4),
                         opacity=1.0 if i == 0 else 0.8,
-                        hovertemplate=_hovertemplate(data, f"{_label(front.method)} front, val", fractions=frac))
+                        hovertemplate=_hovertemplate(data, f"{_label(front.method)} front, val", fractions=frac,
+                                                     per_class=front.per_class))
         fig.add_scatter(x=front.test_flops[keep] / 1e6, y=front.test_accuracy[keep], mode="markers",
                         name=f"{_label(front.method)} on test", customdata=cd,
                         marker=dict(color=color, symbol="circle-open", size=7 if i == 0 else 5),
                         visible=True if i == 0 else "legendonly",
-                        hovertemplate=_hovertemplate(data, f"{_label(front.method)} thresholds, on test", fractions=frac))
+                        hovertemplate=_hovertemplate(data, f"{_label(front.method)} thresholds, on test", fractions=frac,
+                                                     per_class=front.per_class))
     _add_exits(fig, data)
     for p, color, symbol in ((data.chosen, CHOSEN_COLOR, "diamond"), (data.certified, _CERTIFIED_COLOR, "square")):
         if p is not None:
@@ -207,7 +218,7 @@ def _add_point(fig: go.Figure, data, p, color: str, symbol: str) -> None:
     frac = p.val_fractions is not None
     fig.add_scatter(x=[p.val_flops / 1e6], y=[p.val_accuracy], mode="markers", name=f"{p.label} (val)", customdata=cd,
                     marker=dict(symbol=symbol, size=14, color=color, line=dict(color="white", width=1)),
-                    hovertemplate=_hovertemplate(data, f"{p.label}, val", fractions=frac))
+                    hovertemplate=_hovertemplate(data, f"{p.label}, val", fractions=frac, per_class=p.per_class))
     error = None
     if p.test_ci95 is not None:
         lo, hi = p.test_ci95
@@ -216,7 +227,7 @@ def _add_point(fig: go.Figure, data, p, color: str, symbol: str) -> None:
     interval = "" if p.test_ci95 is None else f"<br>test 95% interval: [{p.test_ci95[0]:.4f}, {p.test_ci95[1]:.4f}]"
     fig.add_scatter(x=[p.test_flops / 1e6], y=[p.test_accuracy], mode="markers", name=f"{p.label} (test, 95% interval)",
                     customdata=cd, error_y=error, marker=dict(symbol=f"{symbol}-open", size=14, color=color, line=dict(width=2)),
-                    hovertemplate=_hovertemplate(data, f"{p.label}, test", fractions=frac).replace("<extra>", interval + "<extra>"))
+                    hovertemplate=_hovertemplate(data, f"{p.label}, test", fractions=frac, per_class=p.per_class).replace("<extra>", interval + "<extra>"))
 
 
 def _add_pick_line(fig: go.Figure, data) -> None:
@@ -326,21 +337,28 @@ def exit_fractions_figure(data, point) -> go.Figure:
     return fig
 
 
-def _threshold_text(data, k: int, threshold: float, share: float | None) -> str:
+def _threshold_text(data, k: int, threshold: float, share: float | None, per_class: bool = False) -> str:
+    """Exit k's label under its confidence panel: its threshold (a per-class point's median,
+    marked "med."), the share leaving there, and on the last exit who answers the rest."""
     leave = "" if share is None or math.isnan(share) else f" · {share:.1%} leave"
-    if k == data.num_exits - 1:
-        return "answers the rest" + leave.replace(" leave", "")
-    return f"off{leave}" if math.isnan(threshold) else f"≥ {threshold:.3f}{leave}"
+    if k >= data.num_thresholds:  # the deepest exit under "deepest": no threshold
+        return FALLBACK_TEXT["deepest"] + leave.replace(" leave", "")
+    text = "off" if math.isnan(threshold) else f"{'med. ' if per_class else ''}≥ {threshold:.3f}"
+    if k == data.num_exits - 1:  # thresholded last exit: the fallback's answers are counted here too
+        return text + leave.replace(" leave", "") + f"<br>{FALLBACK_TEXT[data.fallback]}"
+    return text + leave
 
 
 def confidence_figure(data, point) -> go.Figure:
     """One panel per exit: val confidence of right and wrong answers (log counts), with
-    `point`'s threshold as a dashed line and the share of val samples leaving there.
+    `point`'s threshold as a dashed line (on every thresholded exit: the last one too under
+    fallback "ensemble" / "most-confident"; per class, each exit's median) and the share of
+    val samples leaving there.
 
     `layout.meta["threshold_annotations"]` is the index of exit 1's threshold label (the
-    page's script moves shapes[k] and that label + k on a click).
+    page's script moves shapes[k], k < M, and that label + k on a click).
     """
-    K = data.num_exits
+    K, M = data.num_exits, data.num_thresholds
     conf = data.confidence
     if conf is None:
         fig = go.Figure()
@@ -362,13 +380,13 @@ def confidence_figure(data, point) -> go.Figure:
     for k in range(K):
         xref = "x" if k == 0 else f"x{k + 1}"
         share = None if point.val_fractions is None else point.val_fractions[k]
-        t = point.thresholds[k] if k < K - 1 else 1.0
-        if k < K - 1:
+        t = point.thresholds[k] if k < M else 1.0
+        if k < M:
             fig.add_shape(type="line", xref=xref, yref=f"{'y' if k == 0 else f'y{k + 1}'} domain", x0=t, x1=t, y0=0, y1=1,
                           line=dict(color="#222", dash="dash", width=1.5))
-        fig.add_annotation(xref=xref, yref="paper", x=0.0 if k == K - 1 or math.isnan(t) else t, y=-0.2, showarrow=False,
-                           text=_threshold_text(data, k, t, share), font=dict(size=11),
-                           xanchor="left" if k == K - 1 or math.isnan(t) or t < 0.55 else "right")
+        fig.add_annotation(xref=xref, yref="paper", x=0.0 if k >= M or math.isnan(t) else t, y=-0.2, showarrow=False,
+                           text=_threshold_text(data, k, t, share, point.per_class), font=dict(size=11),
+                           xanchor="left" if k >= M or math.isnan(t) or t < 0.55 else "right")
     fig.update_xaxes(range=[0, 1], title_text=f"confidence ({conf.measure})", title_standoff=28)
     fig.update_yaxes(type="log", dtick=1)
     fig.update_yaxes(row=1, col=1, title_text="samples (log)")

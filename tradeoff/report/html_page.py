@@ -46,12 +46,12 @@ const R = {config};
 const FIGS = {figures};
 const opts = {{responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"]}};
 for (const id of Object.keys(FIGS)) Plotly.newPlot("tradeoff-" + id, FIGS[id].data, FIGS[id].layout, opts);
-const c = R.cols, K = R.K;
+const c = R.cols, K = R.K, M = R.M;  // M thresholded exits: K-1 under fallback "deepest", K otherwise
 const row = (cd, start, n) => Array.from({{length: n}}, (_, i) => Number(cd[start + i]));
 const num = (v, d) => Number.isFinite(v) ? v.toFixed(d) : "n/a";
 const pct = v => Number.isFinite(v) ? (100 * v).toFixed(1) + "%" : "n/a";
 function select(cd, name) {{
-  const t = row(cd, 0, K - 1), vf = row(cd, c.val_fractions, K), tf = row(cd, c.test_fractions, K);
+  const t = row(cd, 0, M), perClass = Number(cd[c.per_class]) === 1, vf = row(cd, c.val_fractions, K), tf = row(cd, c.test_fractions, K);
   Plotly.restyle("tradeoff-exits", {{y: [vf, tf]}}, [0, 1]);
   Plotly.relayout("tradeoff-exits", {{"title.text": "Where the samples leave — " + name}});
   const conf = document.getElementById("tradeoff-confidence"), a0 = conf.layout.meta.threshold_annotations;
@@ -60,15 +60,17 @@ function select(cd, name) {{
     for (let k = 0; k < K; k++) {{
       const share = Number.isFinite(vf[k]) ? " · " + pct(vf[k]) : "";
       const a = "annotations[" + (a0 + k) + "]";
-      if (k === K - 1) {{ u[a + ".text"] = "answers the rest" + share; continue; }}
+      if (k >= M) {{ u[a + ".text"] = R.rest + share; continue; }}
       u["shapes[" + k + "].x0"] = t[k]; u["shapes[" + k + "].x1"] = t[k];
       u[a + ".x"] = Number.isFinite(t[k]) ? t[k] : 0; u[a + ".xanchor"] = t[k] < 0.55 ? "left" : "right";
-      u[a + ".text"] = (Number.isFinite(t[k]) ? "≥ " + t[k].toFixed(3) : "off") + (share ? share + " leave" : "");
+      const is = Number.isFinite(t[k]) ? (perClass ? "med. " : "") + "≥ " + t[k].toFixed(3) : "off";
+      u[a + ".text"] = is + (k === K - 1 ? share + "<br>" + R.rest : (share ? share + " leave" : ""));
     }}
     Plotly.relayout(conf, u);
   }}
   const cells = (label, v, tv) => "<tr><th>" + label + "</th><td>" + v + "</td><td>" + tv + "</td></tr>";
-  let html = "<b>" + name + "</b> — thresholds: " + R.names.slice(0, K - 1).map((n, k) => n + " ≥ " + num(t[k], 4)).join(", ");
+  let html = "<b>" + name + "</b> — thresholds" + (perClass ? " (" + R.per_class_text + ")" : "") + ": "
+    + R.names.slice(0, M).map((n, k) => n + " ≥ " + num(t[k], 4)).join(", ") + (M === K ? "; " + R.rest : "");
   html += "<table><tr><th></th><th>val</th><th>test</th></tr>";
   html += cells("accuracy", num(Number(cd[c.val_acc]), 4), num(Number(cd[c.test_acc]), 4));
   html += cells("MFLOPs per sample", num(Number(cd[c.val_mflops]), 4), num(Number(cd[c.test_mflops]), 4));
@@ -118,7 +120,8 @@ def report_page(data, *, max_points: int | None = None) -> str:
     }
     figures_json = "{" + ",".join(f"{json.dumps(k)}:{plotly.io.to_json(f, validate=False)}" for k, f in figures.items()) + "}"
     c = data.chosen
-    config = {"K": data.num_exits, "cols": rf.customdata_columns(data.num_exits), "names": list(data.exit_names),
+    config = {"K": data.num_exits, "M": data.num_thresholds, "cols": rf.customdata_columns(data.num_exits, data.num_thresholds),
+              "rest": rf.FALLBACK_TEXT[data.fallback], "per_class_text": rf.PER_CLASS_TEXT, "names": list(data.exit_names),
               "has_ms": data.exit_ms is not None, "initial_name": c.label,
               "initial": [None if np.isnan(v) else float(v) for v in rf._point_customdata(data, c)[0]]}
     interval = "" if c.test_ci95 is None else f" [95% interval {c.test_ci95[0]:.4f}, {c.test_ci95[1]:.4f}]"

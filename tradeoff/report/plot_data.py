@@ -100,8 +100,11 @@ class ExitsPlotData:
         title: names the cache / architecture.
         exit_names: (K,) names.
         exit_mflops: (K,) cost of leaving at each exit, MFLOPs.
-        thresholds: the chosen thresholds: floats, None where an exit is off, tuples per class.
-        val_fractions, test_fractions: (K,) share of samples leaving at each exit.
+        thresholds: the chosen thresholds, one per thresholded exit (K-1 under fallback
+            "deepest", K otherwise): floats, None where an exit is off, tuples per class.
+        val_fractions, test_fractions: (K,) share of samples leaving at each exit (the
+            fallback's answers counted at exit K).
+        fallback: who answers a sample no exit accepted (`ExitRule.fallback`).
     """
 
     title: str
@@ -111,6 +114,7 @@ class ExitsPlotData:
     val_fractions: tuple[float, ...]
     test_fractions: tuple[float, ...]
     cost_label: str = "MFLOPs"
+    fallback: str = "deepest"
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,7 @@ def _exits_from_files(files: RunFiles) -> ExitsPlotData:
                                     else OFF_THRESHOLD if v is None else v for v in chosen_doc["thresholds"]]),
         val_fractions=_floats(chosen_doc["val"]["exit_fractions"]),
         test_fractions=_floats(chosen_doc["test"]["exit_fractions"]),
+        fallback=str(chosen_doc.get("fallback", "deepest")),
     )
 
 
