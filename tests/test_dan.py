@@ -171,3 +171,24 @@ def test_bad_dan_input_is_one_clear_line(tmp_path, capsys, argv, message):
 def test_supernet_refuses_a_family_without_channel_prefixes():
     with pytest.raises(ValueError, match=r"DAN needs a large network whose small network is a channel prefix .*got ScanResNet"):
         DANSupernet(create_model("scan_small", num_classes=10))
+
+
+def test_dan_on_28x28_data_builds_for_the_data_and_matches_ans_flops(tmp_path, tiny_digits):
+    # Fashion-MNIST's shape without its files: the builder must get input_size from the data
+    # (search supernet and fine-tuned network alike), and the default target must be AN's
+    # width-0.5 small network counted by fvcore at 28x28 (what bench_dan compares against).
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([np.flatnonzero(tiny_digits.split == "train")[:64],
+                           np.flatnonzero(tiny_digits.split == "val")[:32]])
+    ds = dataclasses.replace(tiny_digits, x=rng.standard_normal((len(rows), 1, 28, 28)).astype(np.float32),
+                             y=tiny_digits.y[rows], split=tiny_digits.split[rows], input_shape=(1, 28, 28))
+    dan = DANConfig(finetune_epochs=1, warmup_epochs=0)
+    result = train_dan("dan_small", out=tmp_path / "dan.pt", config=_config(epochs=1, batch_size=32), dan=dan,
+                       dataset=ds, **QUIET)
+    loaded = load_checkpoint(tmp_path / "dan.pt")
+    assert loaded.arch_kwargs["input_size"] == [28, 28]
+    assert tuple(loaded.model.input_shape) == (1, 28, 28)
+    assert exit_costs(loaded.model, (1, 28, 28)).flops[0] == result.derived_flops
+    an = create_model("adjoined_small", width_fraction=0.5, input_size=(28, 28))
+    assert result.flops_target == exit_costs(an, (1, 28, 28)).flops[0]
+    assert result.flops_target > 4 * exit_costs(create_model("adjoined_small", width_fraction=0.5), (1, 8, 8)).flops[0]
