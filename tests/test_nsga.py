@@ -5,7 +5,8 @@ import pytest
 
 from tradeoff.policy.scoring import ExitTable, exit_table, score_thresholds
 from tradeoff.search.baselines import grid_search, random_search
-from tradeoff.search.nsga import nsga2_search, polynomial_mutation_bounded, restart_search, sbx_bounded
+from tradeoff.search.nsga import nsga2_search, restart_search
+from tradeoff.search.operators import polynomial_mutation_bounded, sbx_bounded
 from tradeoff.search.pareto import front_result, hypervolume_2d, pareto_mask, reference_point
 from tradeoff.cache.synthetic import synthetic_cache
 
@@ -257,7 +258,8 @@ def test_operators_keep_children_in_bounds_for_extreme_draws():
 def test_tournament_equals_deap_on_the_same_shuffles(monkeypatch, seed):
     from deap import tools
 
-    from tradeoff.search.nsga import _Individual, tournament_dcd
+    from tradeoff.search.nsga import _Individual
+    from tradeoff.search.operators import tournament_dcd
 
     rng = np.random.default_rng(seed)
     n = 40
