@@ -119,3 +119,21 @@ def test_batch_one_decision_is_timed_on_the_fast_path():
     conf, _ = exit_outputs(logits)
     for k, t in enumerate(thresholds):
         assert abs(t - conf[k, 0]) >= 0.5 - 1e-12 > QUICK_MARGIN
+
+
+def test_batch_one_uses_the_measured_whole_paths_when_profiled():
+    """A profile that timed every whole exit path prices a batch-1 sample by its path, not by
+    the sum of separately timed parts (which overstates it); batch B > 1 keeps the stage model."""
+    p = _profile()
+    measured = np.array([[1.2, 3.0, 5.0], [0.5, 1.0, 2.0]])  # per sample, at batch 1 and 4
+    q = LatencyProfile(p.batch_sizes, p.section_ms, p.head_ms, p.decision_ms, p.call_ms, p.original_ms,
+                       meta=p.meta, measured_path_ms=measured)
+    f = np.array([[1, 0, 0], [0.5, 0.25, 0.25]])
+    np.testing.assert_allclose(expected_latency_ms(q, f), [1.2, 0.5 * 1.2 + 0.25 * 3.0 + 0.25 * 5.0])
+    np.testing.assert_allclose(q.path_ms(1), measured[0])
+    np.testing.assert_allclose(expected_latency_ms(q, f, batch_size=4), expected_latency_ms(p, f, batch_size=4))
+    # read from a profile document: path_ms is per call, so divided by the batch size
+    doc = {"format": "tradeoff-latency", "version": 1, "batches": [
+        {"batch_size": b, "section_ms": list(p.section_ms[i]), "head_ms": [0] * 3, "decision_ms": [0] * 3,
+         "call_ms": 0.5, "original_ms": 7.0, "path_ms": list(measured[i] * b)} for i, b in enumerate((1, 4))]}
+    np.testing.assert_allclose(latency_profile_from_document(doc).measured_path_ms, measured)

@@ -16,7 +16,10 @@ Batch size 1 (the deployment latency case): a sum over exit paths,
 
     ms = call + sum_k in_flight[k] * stage_k(1) = sum_k exit_fractions[k] * path_k,
 
-with path_k = call + stage_1(1) + ... + stage_k(1).
+with path_k = call + stage_1(1) + ... + stage_k(1). When the profile holds the whole paths
+timed as one runner call each (`path_ms`, every sample sent out at exit k), those are used
+as path_k instead: timing each part alone adds its own dispatch, so the sum of parts
+overstated a batch-1 path by 20-40% on the demo models (`benchmarks/bench_latency.py`).
 
 Batch size B > 1: the runner shrinks the batch as samples leave, so stage k runs once
 per batch on the n_k samples still in flight, at the cost the profile gives for n_k
@@ -57,6 +60,10 @@ class LatencyProfile:
         original_ms: (S,) the original single-exit network (sections 1..K, head K).
         meta: provenance (checkpoint sha256, device, threads, backend, torch version, ...).
         path: the file it was read from, if any.
+        measured_path_ms: (S, K) the whole exit path k timed as one runner call (every
+            sample leaving at exit k), or None. At batch 1 these are what a sample costs: the
+            sum of separately timed parts overstates it (each part timed alone pays its own
+            dispatch; measured 20-40% above the whole path on the demo models).
     """
 
     batch_sizes: np.ndarray
@@ -67,6 +74,7 @@ class LatencyProfile:
     original_ms: np.ndarray
     meta: dict = field(default_factory=dict)
     path: str | None = None
+    measured_path_ms: np.ndarray | None = None
 
     @property
     def num_exits(self) -> int:
@@ -104,6 +112,8 @@ class LatencyProfile:
     def path_ms(self, batch_size: int = 1, heads_on: np.ndarray | None = None) -> np.ndarray:
         """(K,) per-sample ms when every sample of a batch leaves at exit k (the cost of path k)."""
         i = self.index_of(batch_size)
+        if batch_size == 1 and heads_on is None and self.measured_path_ms is not None:
+            return np.asarray(self.measured_path_ms[i], dtype=np.float64)
         stage = self.stage_ms(np.array([batch_size]), heads_on)[0]
         return (self.call_ms[i] + np.cumsum(stage)) / batch_size
 
@@ -168,6 +178,8 @@ def expected_latency_ms(profile: LatencyProfile, exit_fractions: np.ndarray, *, 
     i = profile.index_of(batch_size)
     alive = in_flight_fractions(f)
     if batch_size == 1:
+        if heads_on is None and profile.measured_path_ms is not None:  # a sample costs its whole measured path
+            return f @ profile.path_ms(1)
         stage = profile.stage_ms(np.array([1.0]), heads_on)[0]
         return profile.call_ms[i] + alive @ stage
     stage = profile.stage_ms(np.arange(batch_size + 1), heads_on)  # (B+1, K)
@@ -199,8 +211,14 @@ def latency_profile_from_document(doc: dict, *, path: str | None = None) -> Late
         raise ValueError(f"{where}: malformed profile (per-exit timings missing or of unequal length)")
     if any(not np.all(np.isfinite(a) & (a >= 0)) for a in arrays.values()) or np.any(sizes < 1):
         raise ValueError(f"{where}: timings must be finite and >= 0 and batch sizes >= 1")
+    measured = None
+    if all("path_ms" in r for r in rows):
+        measured = np.array([r["path_ms"] for r in rows], dtype=np.float64)
+        if measured.shape != (sizes.size, K) or not np.all(np.isfinite(measured) & (measured >= 0)):
+            raise ValueError(f"{where}: malformed profile (path_ms must hold {K} finite timings >= 0 per batch size)")
+        measured = measured / sizes[:, None]  # ms per call -> ms per sample
     meta = {k: v for k, v in doc.items() if k != "batches"}
-    return LatencyProfile(batch_sizes=sizes, meta=meta, path=path, **arrays)
+    return LatencyProfile(batch_sizes=sizes, meta=meta, path=path, measured_path_ms=measured, **arrays)
 
 
 def read_latency_profile(path: str | os.PathLike, *, checkpoint_sha256: str | None = None, num_exits: int | None = None,
