@@ -196,7 +196,7 @@ def read_array(path: str | os.PathLike, *, trust: bool = False, what: str = "arr
 def _read_torch(path: Path, *, trust: bool, what: str) -> np.ndarray:
     import torch
 
-    from tradeoff.checkpoint import unsafe_globals  # one place that tells unsafe pickles from bad bytes
+    from tradeoff.checkpoint_file import unsafe_globals  # one place that tells unsafe pickles from bad bytes
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
