@@ -37,7 +37,7 @@ def run(args) -> int:
 
     if args.original and Path(args.original).resolve() == Path(args.out).resolve():
         raise ValueError(f"--original {args.original} is the same file as --out; give it another name")
-    loaded, tf, _, data, _ = load_inputs(args)
+    loaded, tf, _, data, _ = load_inputs(args, compare=False)
     example = torch.zeros((1, *data.input_shape), dtype=torch.float32)
     meta = export_metadata(loaded, tf)
     print(f"exporting the early-exit graph of {loaded.arch} ({tf.num_exits} exits) ...", file=sys.stderr, flush=True)

@@ -46,8 +46,11 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_inputs(args):
+def load_inputs(args, *, compare: bool = True):
     """Checkpoint, validated thresholds file, data spec and test split of `run` / `export`.
+
+    Args:
+        compare: look for the cache to compare the runtime with (`run`); `export` does not.
 
     Returns:
         (loaded checkpoint, ThresholdsFile, data spec, Dataset with the test split, the cache to
@@ -71,8 +74,8 @@ def load_inputs(args):
         print(f"note: removed the key prefix {loaded.stripped_prefix!r} that every entry of {args.ckpt} carries")
     K = len(model_stages(loaded.model))
     tf = read_rule(args.thresholds, num_exits=K, checkpoint_sha256=loaded.sha256)
-    cache_path = _cache_to_compare(args, tf, sha256_file)
-    if cache_path is not None:
+    cache_path = _cache_to_compare(args, tf, sha256_file) if compare else None
+    if cache_path is not None and getattr(args, "cache", None):  # the recorded cache was matched by sha256 already
         read_rule(args.thresholds, num_exits=K, cache_sha256=sha256_file(cache_path))  # another cache: one clear line
     spec = args.data or loaded.data or "digits"
     data = load_data(spec, splits=("test",))
